@@ -1,0 +1,1 @@
+"""Test-time training (offline and online), baselines and evaluation."""

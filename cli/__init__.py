@@ -1,0 +1,1 @@
+"""Click commands: parse options into config dataclasses and call the library."""

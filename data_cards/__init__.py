@@ -1,0 +1,1 @@
+"""Dataset cards and the machine-readable label table (Table 2 of the supplementary)."""

@@ -1,0 +1,1 @@
+"""Sparse-convolution backends behind one narrow interface."""

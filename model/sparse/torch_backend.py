@@ -1,0 +1,175 @@
+"""Pure-PyTorch sparse convolution: sorted-key kernel maps and gather-GEMM-scatter.
+
+The reference for correctness (every other backend is tested against it) and the default on
+CPU. Kernel maps: coordinates are encoded as int64 mixed-radix keys (``base.coords_key``),
+sorted once, and each neighbour query ``u + d * s`` is a ``searchsorted`` of ``key(u) +
+key(d * s)`` (the box is padded by the kernel reach, so adding offsets never wraps a column).
+Convolution: for every kernel offset, gather the input rows, one GEMM with ``W[k]``, and
+``index_add_`` into the output; backward is the same loop transposed, written by hand so no
+per-offset gathers are kept alive between forward and backward.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from tttkd.model.sparse.base import SparseContext, SparseTensor, coords_key, kernel_offsets
+
+__all__ = ["KernelMap", "TorchBackend", "make_backend"]
+
+KernelMap = list[tuple[int, Tensor | None, Tensor | None]]
+"""Per non-empty offset ``k``: ``(k, in_rows, out_rows)``; ``None`` rows mean the identity."""
+
+
+def _lookup(ctx: SparseContext, src: Tensor, dst: Tensor, offsets: Tensor, pad: int) -> KernelMap:
+    """Pairs ``(i in src, o in dst, k)`` with ``src[i] == dst[o] + offsets[k]``."""
+    lo, extent = ctx.bounds(pad=pad)
+    src_keys = coords_key(src, lo, extent)
+    sorted_keys, order = torch.sort(src_keys)
+    dst_keys = coords_key(dst, lo, extent)
+    zero = torch.zeros((offsets.shape[0], 1), dtype=torch.int64, device=offsets.device)
+    off4 = torch.cat([zero, offsets], dim=1)
+    # key(c + d) = key(c) + key(d) - key(0) inside the padded box.
+    deltas = coords_key(off4, lo, extent) - coords_key(zero.new_zeros((1, 4)), lo, extent)
+    query = dst_keys[None, :] + deltas[:, None]  # [K, N_dst]
+    pos = torch.searchsorted(sorted_keys, query).clamp_(max=max(sorted_keys.numel() - 1, 0))
+    if sorted_keys.numel() == 0:
+        return []
+    found = sorted_keys[pos] == query
+    kmap: KernelMap = []
+    counts = found.sum(1).tolist()
+    k_idx, o_idx = found.nonzero(as_tuple=True)
+    i_idx = order[pos[k_idx, o_idx]]
+    start = 0
+    for k, n in enumerate(counts):
+        if n:
+            kmap.append((k, i_idx[start : start + n], o_idx[start : start + n]))
+        start += n
+    return kmap
+
+
+def _identity_center(kmap: KernelMap, n: int, center: int) -> KernelMap:
+    """Mark the centre offset of a submanifold map as identity (skips a gather and scatter)."""
+    out: KernelMap = []
+    for k, i, o in kmap:
+        if k == center and i is not None and i.numel() == n:
+            out.append((k, None, None))
+        else:
+            out.append((k, i, o))
+    return out
+
+
+def submanifold_map(ctx: SparseContext, stride: int, kernel_size: int) -> KernelMap:
+    """Cached kernel map of a stride-1 conv on the set at ``stride``."""
+
+    def build() -> KernelMap:
+        coords = ctx.coords(stride)
+        offs = kernel_offsets(kernel_size, device=ctx.device) * stride
+        reach = stride * kernel_size
+        kmap = _lookup(ctx, coords, coords, offs, pad=reach)
+        center = (kernel_size**3) // 2 if kernel_size % 2 == 1 else -1
+        return _identity_center(kmap, coords.shape[0], center)
+
+    return ctx.cached(("torch", "subm", stride, kernel_size), build)
+
+
+def down_map(ctx: SparseContext, stride: int, kernel_size: int) -> KernelMap:
+    """Cached map of a stride-2 conv from the set at ``stride`` to the set at ``2 * stride``.
+
+    Transposed convs from ``2 * stride`` back to ``stride`` use the same pairs, swapped.
+    """
+
+    def build() -> KernelMap:
+        fine = ctx.coords(stride)
+        coarse = ctx.coords(2 * stride)
+        offs = kernel_offsets(kernel_size, device=ctx.device) * stride
+        return _lookup(ctx, fine, coarse, offs, pad=2 * stride * (kernel_size + 1))
+
+    return ctx.cached(("torch", "down", stride, kernel_size), build)
+
+
+def _gemm_scatter(x: Tensor, weight: Tensor, kmap: KernelMap, n_out: int, swap: bool) -> Tensor:
+    out = x.new_zeros((n_out, weight.shape[2]))
+    for k, i, o in kmap:
+        if swap:
+            i, o = o, i
+        if i is None:
+            out += x @ weight[k]
+        else:
+            out.index_add_(0, o, x.index_select(0, i) @ weight[k])
+    return out
+
+
+class _SparseConvFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, kmap: KernelMap, n_out: int, swap: bool) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.kmap = kmap
+        ctx.swap = swap
+        return _gemm_scatter(x, weight, kmap, n_out, swap)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        x, weight = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_x = torch.zeros_like(x) if need_x else None
+        grad_w = torch.zeros_like(weight) if need_w else None
+        for k, i, o in ctx.kmap:
+            if ctx.swap:
+                i, o = o, i
+            g = grad_out if o is None else grad_out.index_select(0, o)
+            if need_x:
+                gx = g @ weight[k].t()
+                if i is None:
+                    grad_x += gx
+                else:
+                    grad_x.index_add_(0, i, gx)
+            if need_w:
+                xi = x if i is None else x.index_select(0, i)
+                grad_w[k] = xi.t() @ g
+        return grad_x, grad_w, None, None, None
+
+
+class TorchBackend:
+    """Gather-GEMM-scatter on any device torch runs on; kernel maps cached in the context."""
+
+    name = "torch"
+
+    def conv(
+        self,
+        x: SparseTensor,
+        weight: Tensor,
+        *,
+        kernel_size: int,
+        stride: int,
+        transposed: bool,
+    ) -> SparseTensor:
+        ctx = x.context
+        if weight.shape[0] != kernel_size**3 or weight.shape[1] != x.feats.shape[1]:
+            raise ValueError(
+                f"weight {tuple(weight.shape)} does not fit kernel {kernel_size} and "
+                f"{x.feats.shape[1]} input channels"
+            )
+        if stride == 1 and not transposed:
+            kmap, out_stride, swap = submanifold_map(ctx, x.stride, kernel_size), x.stride, False
+        elif stride == 2 and not transposed:
+            kmap, out_stride, swap = down_map(ctx, x.stride, kernel_size), 2 * x.stride, False
+        elif stride == 2 and transposed:
+            if x.stride < 2 or (x.stride // 2) not in ctx.strides:
+                raise ValueError(
+                    f"transposed conv from stride {x.stride} needs the existing set at stride "
+                    f"{x.stride // 2} in the context; it has {ctx.strides}"
+                )
+            kmap, out_stride, swap = down_map(ctx, x.stride // 2, kernel_size), x.stride // 2, True
+        else:
+            raise ValueError(f"unsupported conv: stride={stride}, transposed={transposed}")
+        n_out = ctx.coords(out_stride).shape[0]
+        feats = _SparseConvFn.apply(x.feats, weight.to(x.feats.dtype), kmap, n_out, swap)
+        return SparseTensor.from_context(feats, ctx, out_stride)
+
+
+def make_backend() -> TorchBackend:
+    """Entry point used by ``base.get_backend("torch")``."""
+    return TorchBackend()

@@ -1,0 +1,1 @@
+"""Prep stage: dataset readers, voxelization, frame selection, correspondences, teacher, cache."""

@@ -1,0 +1,1 @@
+"""Synthetic indoor rooms, rendered consistently and written in each dataset's exact format."""

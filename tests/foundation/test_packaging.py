@@ -1,0 +1,50 @@
+"""The package installs as tttkd.* and lists every folder that holds a package."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import tomllib
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _declared() -> tuple[list[str], dict[str, str]]:
+    cfg = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    return cfg["packages"], cfg["package-dir"]
+
+
+def test_every_package_folder_is_declared() -> None:
+    packages, package_dir = _declared()
+    found = set()
+    for top_pkg, folder in package_dir.items():
+        for init in (REPO / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(REPO / folder)
+            found.add(".".join([top_pkg, *rel.parts]) if rel.parts else top_pkg)
+    assert found == set(packages), (
+        f"pyproject packages list is out of date: {found ^ set(packages)}"
+    )
+
+
+def test_subpackages_import_from_the_mapped_folders() -> None:
+    _, package_dir = _declared()
+    for name, folder in package_dir.items():
+        mod = importlib.import_module(name)
+        assert Path(mod.__file__).resolve().parent == (REPO / folder).resolve()
+
+
+def test_import_is_light() -> None:
+    """Importing the library must not pull in optional heavy backends."""
+    import tttkd.adapt
+    import tttkd.cli
+    import tttkd.model
+    import tttkd.pipeline  # noqa: F401
+
+    for heavy in ("spconv", "MinkowskiEngine"):
+        assert heavy not in sys.modules, f"{heavy} imported at package import"
+
+
+def test_console_scripts_declared() -> None:
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert {"tttkd-prep", "tttkd-train", "tttkd-adapt"} <= set(scripts)
