@@ -1,0 +1,124 @@
+"""Matterport3D frames: pair the ``.conf`` cameras with a region and make lazy frames.
+
+Pairing (OpenScene's rule): the cameras whose centre lies strictly inside the region's
+bounding box, else the ``nearest`` cameras to the box centre. Poses are converted from
+OpenGL to OpenCV axes here, at the boundary; image sizes come from the files.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from tttkd.pipeline.datasets.matterport_formats import DEPTH_SCALE, CameraConf, opengl_to_opencv
+from tttkd.pipeline.errors import DatasetError
+from tttkd.pipeline.scene import Frame, ImageRef
+
+
+def pair_views(
+    centres: np.ndarray, lo: np.ndarray, hi: np.ndarray, nearest: int = 100
+) -> np.ndarray:
+    """Indices of the cameras for a region: centre strictly inside [lo, hi], else the
+    ``nearest`` cameras to the box centre (non-finite centres never count)."""
+    centres = np.asarray(centres, dtype=np.float64)
+    ok = np.isfinite(centres).all(axis=1)
+    inside = ok & np.all((centres > lo) & (centres < hi), axis=1)
+    if inside.any():
+        return np.flatnonzero(inside)
+    dist = np.linalg.norm(np.where(ok[:, None], centres, 0.0) - (lo + hi) / 2.0, axis=1)
+    dist[~ok] = np.inf
+    order = np.argsort(dist, kind="stable")[: max(0, nearest)]
+    return np.sort(order[np.isfinite(dist[order])])
+
+
+def region_frames(
+    conf: CameraConf,
+    color_dir: Path | None,
+    depth_dir: Path | None,
+    xyz: np.ndarray,
+    *,
+    scene: str,
+    house_dir: Path,
+    max_views: int | None = None,
+    nearest_views: int = 100,
+    flip_cy: bool = False,
+) -> list[Frame]:
+    """Lazy frames of the cameras paired with the region whose points are ``xyz``."""
+    from PIL import Image
+
+    scene_id = scene
+
+    c2w_gl = np.stack([im.c2w_gl for im in conf.images])
+    ok = np.isfinite(c2w_gl).all(axis=(1, 2))
+    centres = np.where(ok[:, None], c2w_gl[:, :3, 3], np.nan)
+    lo, hi = xyz.min(axis=0).astype(np.float64), xyz.max(axis=0).astype(np.float64)
+    idx = pair_views(centres, lo, hi, nearest_views)
+    if max_views is not None and len(idx) > max_views:
+        keep = np.unique(np.linspace(0, len(idx) - 1, max(1, max_views)).round().astype(int))
+        idx = idx[keep]
+    if color_dir is None and len(idx):
+        raise DatasetError(
+            f"colour images not found ({conf.color_directory}/)",
+            file=house_dir,
+            scene=scene_id,
+            fix="download and extract undistorted_color_images.zip into v1/scans, "
+            "or call load_scene(..., frames=False)",
+        )
+    frames, missing = [], 0
+    for i in idx.tolist():
+        im = conf.images[i]
+        cpath = color_dir / im.color_name
+        if not cpath.is_file():
+            missing += 1
+            continue
+        try:
+            with Image.open(cpath) as pil:
+                width, height = pil.size
+        except Exception as e:  # Pillow raises several unrelated types for bad files
+            raise DatasetError(
+                f"not a readable image ({e})", file=cpath, scene=scene_id, fix="extract it again"
+            ) from e
+        K = np.array(im.K, dtype=np.float64, copy=True)
+        if flip_cy:
+            K[1, 2] = height - 1 - K[1, 2]
+        if (
+            abs(K[0, 2] - (width - 1) / 2) > width / 4
+            or abs(K[1, 2] - (height - 1) / 2) > height / 4
+        ):
+            raise DatasetError(
+                f"image is {width}x{height} but its intrinsics put the principal point at "
+                f"({K[0, 2]:.1f}, {K[1, 2]:.1f})",
+                file=cpath,
+                scene=scene_id,
+                fix="the images were resized or do not belong to this .conf; use the original "
+                "undistorted images",
+            )
+        dpath = depth_dir / im.depth_name if depth_dir is not None else None
+        frames.append(
+            Frame(
+                name=Path(im.color_name).stem,
+                K=K,
+                c2w=opengl_to_opencv(im.c2w_gl),
+                width=int(width),
+                height=int(height),
+                color=ImageRef(str(cpath)),
+                depth=ImageRef(str(dpath)) if dpath is not None and dpath.is_file() else None,
+                depth_scale=DEPTH_SCALE,
+                depth_invalid=(0,),
+            )
+        )
+    if missing:
+        if not frames:
+            raise DatasetError(
+                f"none of the {missing} paired colour images exists",
+                file=color_dir,
+                scene=scene_id,
+                fix="extract undistorted_color_images.zip of this house again",
+            )
+        warnings.warn(
+            f"{scene_id}: {missing} of {missing + len(frames)} paired colour images are missing",
+            stacklevel=3,
+        )
+    return frames

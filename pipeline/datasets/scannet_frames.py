@@ -1,0 +1,277 @@
+"""ScanNet posed RGB-D frames from the three places users have them (FORMATS.md section 1.6).
+
+* ``25k``: the ``scannet_frames_25k/<scene>/`` subset: ``color/%06d.jpg``, ``depth/%06d.png``,
+  ``pose/%06d.txt`` and, at the scene root, ``intrinsics_color.txt`` / ``intrinsics_depth.txt``.
+* ``exported``: the tree written by ScanNet's Python ``reader.py``: ``color/<i>.jpg``,
+  ``depth/<i>.png``, ``pose/<i>.txt``, ``intrinsic/intrinsic_{color,depth}.txt``.
+* ``sens``: the ``.sens`` stream itself, by byte offset (:mod:`.scannet_sens`).
+
+Frames are named ``%06d`` after their index in the ``.sens`` whatever the source, so the
+same view has the same name everywhere. Frames whose pose is not finite are skipped.
+The colour resolution is never assumed: K is rescaled from its calibration size to the size
+of the colour image actually stored (read from the first image's header, no pixel decode).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+
+from tttkd.pipeline.datasets.scannet_sens import read_sens_index
+from tttkd.pipeline.errors import DatasetError
+from tttkd.pipeline.scene import Frame, ImageRef, scale_intrinsics
+
+DEPTH_SCALE = 1000.0  # uint16 depth PNGs store millimetres
+REAL_COLOR_SIZE = (1296, 968)  # calibration size of ScanNet's colour camera
+REAL_DEPTH_SIZE = (640, 480)
+_ASPECT_TOLERANCE = 0.03  # 1296x968 vs 640x480 differ by 0.4 %
+
+
+def read_matrix(path: Path, scene: str, rows: int = 4) -> np.ndarray:
+    """A whitespace-separated 4x4 (or 3x3) text matrix; -inf/nan values are kept as such."""
+    try:
+        text = path.read_text(encoding="ascii", errors="replace")
+    except OSError as e:
+        raise DatasetError(
+            f"cannot read matrix file ({e.strerror})",
+            file=path,
+            scene=scene,
+            fix="the frame folder is incomplete; extract or export it again",
+        ) from e
+    try:
+        vals = [float(v) for v in text.split()]
+    except ValueError as e:
+        raise DatasetError(
+            f"not a matrix of numbers ({e})", file=path, scene=scene, fix="restore the file"
+        ) from e
+    if len(vals) != rows * rows:
+        raise DatasetError(
+            f"expected {rows * rows} numbers ({rows}x{rows} matrix), found {len(vals)}",
+            file=path,
+            scene=scene,
+            fix="the file is truncated or not a matrix; restore it from the dataset",
+        )
+    return np.asarray(vals, dtype=np.float64).reshape(rows, rows)
+
+
+def image_size(data: bytes | Path, file: Path | str, scene: str) -> tuple[int, int]:
+    """(width, height) from an image header, without decoding the pixels."""
+    from PIL import Image
+
+    try:
+        src = io.BytesIO(data) if isinstance(data, bytes) else data
+        with Image.open(src) as im:
+            return int(im.width), int(im.height)
+    except Exception as e:  # Pillow raises several unrelated types for bad files
+        raise DatasetError(
+            f"not a readable image ({e})",
+            file=file,
+            scene=scene,
+            fix="the image is corrupt or missing; restore it from the dataset",
+        ) from e
+
+
+def calibration_size(
+    K: np.ndarray,
+    stored: tuple[int, int],
+    declared: tuple[int, int] | None,
+    real: tuple[int, int],
+) -> tuple[int, int]:
+    """The resolution ``K`` was calibrated at: the first of ``declared`` (the scene's ``.txt``),
+    the stored image's size and ScanNet's real sensor size whose centre is within 10 % of the
+    principal point (648 -> 1296x968). The 25k subset ships no calibration size of its own.
+    """
+    for cand in (declared, stored, real):
+        if cand is None:
+            continue
+        w, h = cand
+        if abs(2 * K[0, 2] + 1 - w) <= 0.1 * w and abs(2 * K[1, 2] + 1 - h) <= 0.1 * h:
+            return w, h
+    return declared or stored  # the aspect check in rescaled_K reports a contradiction
+
+
+def rescaled_K(
+    K_calib: np.ndarray,
+    calib: tuple[int, int],
+    stored: tuple[int, int],
+    *,
+    file: Path | str,
+    scene: str,
+    what: str,
+) -> np.ndarray:
+    """K at the stored size; an image whose aspect contradicts the calibration is an error."""
+    (cw, ch), (w, h) = calib, stored
+    if abs((w / cw) / (h / ch) - 1.0) > _ASPECT_TOLERANCE:
+        raise DatasetError(
+            f"{what} image is {w}x{h} but its intrinsics are for {cw}x{ch} (aspect ratios "
+            "differ, so the intrinsics cannot belong to this image)",
+            file=file,
+            scene=scene,
+            fix="use the images and intrinsics of the same export, or pass "
+            "color_calib_size=(W, H) to load_scene if the .txt is missing or wrong",
+        )
+    return scale_intrinsics(K_calib[:3, :3], cw, ch, w, h)
+
+
+def _frame_index(stem: str) -> int | None:
+    return int(stem) if stem.isdigit() else None
+
+
+def frames_from_tree(
+    folder: Path,
+    scene: str,
+    *,
+    layout: str,
+    meta: Mapping[str, str],
+    stride: int | None,
+    color_calib_size: tuple[int, int] | None,
+) -> list[Frame]:
+    """Frames of a 25k-subset folder (``layout="25k"``) or a reader.py export (``"exported"``)."""
+    if layout == "25k":
+        name_of: Callable[[int], str] = "{:06d}".format
+        k_color, k_depth = folder / "intrinsics_color.txt", folder / "intrinsics_depth.txt"
+    else:
+        name_of = str
+        k_color = folder / "intrinsic" / "intrinsic_color.txt"
+        k_depth = folder / "intrinsic" / "intrinsic_depth.txt"
+    pose_dir, color_dir, depth_dir = folder / "pose", folder / "color", folder / "depth"
+    for need in (pose_dir, color_dir, k_color):
+        if not need.exists():
+            raise DatasetError(
+                f"{layout} frame folder is incomplete: {need.name} is missing",
+                file=need,
+                scene=scene,
+                fix=f"extract the complete {layout} frames for this scene, or pass frames=... "
+                "to pick another source",
+            )
+    indices = sorted(i for p in pose_dir.glob("*.txt") if (i := _frame_index(p.stem)) is not None)
+    if stride:
+        indices = [i for i in indices if i % stride == 0]
+    colors = {p.name for p in color_dir.iterdir()}
+    depths = {p.name for p in depth_dir.iterdir()} if depth_dir.is_dir() else set()
+    posed: list[tuple[int, np.ndarray]] = []
+    for i in indices:
+        c2w = read_matrix(pose_dir / f"{name_of(i)}.txt", scene)
+        if np.all(np.isfinite(c2w)):
+            posed.append((i, c2w))
+    if not posed:
+        return []
+    for i, _ in posed:
+        if f"{name_of(i)}.jpg" not in colors:
+            raise DatasetError(
+                f"frame {i} has a pose but no colour image",
+                file=color_dir / f"{name_of(i)}.jpg",
+                scene=scene,
+                fix="the frame folder is incomplete; extract or export it again",
+            )
+    first = color_dir / f"{name_of(posed[0][0])}.jpg"
+    size = image_size(first, first, scene)
+    K_raw = read_matrix(k_color, scene)
+    calib = color_calib_size or calibration_size(
+        K_raw, size, _meta_size(meta, "color"), REAL_COLOR_SIZE
+    )
+    K = rescaled_K(K_raw, calib, size, file=first, scene=scene, what="colour")
+    depth_K, dsize = None, None
+    have_depth = [f"{name_of(i)}.png" in depths for i, _ in posed]
+    if any(have_depth):
+        first_d = depth_dir / f"{name_of(posed[have_depth.index(True)][0])}.png"
+        dsize = image_size(first_d, first_d, scene)
+        if k_depth.exists():
+            Kd = read_matrix(k_depth, scene)
+            dcalib = calibration_size(Kd, dsize, _meta_size(meta, "depth"), REAL_DEPTH_SIZE)
+            depth_K = rescaled_K(Kd, dcalib, dsize, file=first_d, scene=scene, what="depth")
+    frames = []
+    for (i, c2w), has_d in zip(posed, have_depth):
+        depth = ImageRef(str(depth_dir / f"{name_of(i)}.png")) if has_d else None
+        frames.append(
+            Frame(
+                name=f"{i:06d}",
+                K=K.copy(),
+                c2w=c2w,
+                width=size[0],
+                height=size[1],
+                color=ImageRef(str(color_dir / f"{name_of(i)}.jpg")),
+                depth=depth,
+                depth_scale=DEPTH_SCALE,
+                depth_K=None if depth_K is None else depth_K.copy(),
+            )
+        )
+    return frames
+
+
+def frames_from_sens(
+    path: Path,
+    scene: str,
+    *,
+    stride: int,
+    color_calib_size: tuple[int, int] | None,
+) -> list[Frame]:
+    """Every ``stride``-th frame of a ``.sens`` as byte ranges (no export to disk)."""
+    idx = read_sens_index(path, scene=scene)
+    if idx.color_compression not in ("jpeg", "png"):
+        raise DatasetError(
+            f"colour compression {idx.color_compression!r} is not supported (jpeg or png)",
+            file=path,
+            scene=scene,
+            fix="export the frames with ScanNet's reader.py and use frames='exported'",
+        )
+    depth_codec = {"zlib_ushort": "zlib_u16", "raw_ushort": "raw_u16"}.get(idx.depth_compression)
+    if depth_codec is None:
+        raise DatasetError(
+            f"depth compression {idx.depth_compression!r} is not supported",
+            file=path,
+            scene=scene,
+            fix="export the frames with ScanNet's reader.py and use frames='exported'",
+        )
+    keep = [
+        i
+        for i in range(0, idx.num_frames, max(1, stride))
+        if np.all(np.isfinite(idx.camera_to_world[i]))
+    ]
+    if not keep:
+        return []
+    i0 = keep[0]
+    with open(path, "rb") as f:
+        f.seek(int(idx.color_offset[i0]))
+        head = f.read(int(idx.color_length[i0]))
+    size = image_size(head, path, scene)
+    header_size = (idx.color_width, idx.color_height)
+    calib = color_calib_size or header_size
+    K = rescaled_K(idx.intrinsic_color, calib, size, file=path, scene=scene, what="colour")
+    depth_K = np.array(idx.intrinsic_depth[:3, :3], dtype=np.float64)
+    frames = []
+    for i in keep:
+        frames.append(
+            Frame(
+                name=f"{i:06d}",
+                K=K.copy(),
+                c2w=idx.camera_to_world[i].copy(),
+                width=size[0],
+                height=size[1],
+                color=ImageRef(
+                    str(path), int(idx.color_offset[i]), int(idx.color_length[i]), "image"
+                ),
+                depth=ImageRef(
+                    str(path),
+                    int(idx.depth_offset[i]),
+                    int(idx.depth_length[i]),
+                    depth_codec,  # type: ignore[arg-type]
+                    (idx.depth_height, idx.depth_width),
+                ),
+                depth_scale=idx.depth_shift if idx.depth_shift > 0 else DEPTH_SCALE,
+                depth_K=depth_K.copy(),
+            )
+        )
+    return frames
+
+
+def _meta_size(meta: Mapping[str, str], kind: str) -> tuple[int, int] | None:
+    try:
+        w, h = int(float(meta[f"{kind}Width"])), int(float(meta[f"{kind}Height"]))
+    except (KeyError, ValueError):
+        return None
+    return (w, h) if w > 0 and h > 0 and math.isfinite(w) else None

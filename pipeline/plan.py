@@ -1,0 +1,174 @@
+"""Plan, then execute (STYLE.md 5): the pure part of ``tttkd-prep``.
+
+``PrepConfig`` is everything the user asked for; ``make_plan`` turns it, the scene list and
+the ids already complete in the cache into one ``SceneJob`` per scene still to do, plus the
+skipped ids. Nothing here reads a dataset, touches the cache or imports Dask, so the plan is
+tested on its own and any executor (serial, Dask) runs the same jobs.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+
+from tttkd.pipeline.correspond import CorrespondConfig
+from tttkd.pipeline.datasets.registry import dataset_info
+from tttkd.pipeline.frames import ImagePolicy, resolve_image_policy
+
+# uncompressed bytes per item, from the cache layout (DESIGN.md, "The cache")
+BYTES_PER_VOXEL = 12 + 3 + 2  # xyz f32[3], rgb u8[3], label i16
+BYTES_PER_POINT = 4 + 2  # voxel_of_point i32, full label i16
+BYTES_PER_PAIR = 4 + 2 + 8  # corr point i32, image i16, uv f32[2]
+BYTES_PER_IMAGE = 36 + 64 + 8 + 8  # K, c2w, size, offsets
+FEATURE_BYTES = 2  # float16
+
+
+@dataclass(frozen=True)
+class PrepConfig:
+    """One ``tttkd-prep`` run as requested (CLI options map one to one onto these fields)."""
+
+    dataset: str
+    root: str
+    out: str
+    split: str | None = None
+    scenes: tuple[str, ...] = ()  # explicit subset of scene ids; empty = every listed scene
+    reader_options: dict = field(default_factory=dict)
+    voxel_size: float = 0.04
+    label_mode: str = "representative"
+    label_set: str | None = None  # None: the dataset's own
+    max_images: int | None = None  # None: the dataset's default; 0: every frame
+    seed: int = 0
+    teacher: str = "dinov2_vitl14"
+    teacher_weights: str | None = None
+    image_size: int | None = None  # None: the teacher's default
+    device: str = "cpu"
+    batch_size: int = 8
+    feature_codec: str = "fp16"
+    depth_abs_tol: float = CorrespondConfig.depth_abs_tol
+    depth_rel_tol: float = CorrespondConfig.depth_rel_tol
+    zbuffer_cell_px: float | None = None
+    no_images: bool = False
+    overwrite: bool = False
+    storage_options: dict | None = None
+    pca_fit_scenes: int = 4  # scenes whose features fit the PCA basis (pca codecs only)
+
+    def __post_init__(self) -> None:
+        dataset_info(self.dataset)  # unknown names fail here, before any work
+        if not self.voxel_size > 0:
+            raise ValueError(f"voxel_size must be > 0, got {self.voxel_size}")
+        if self.max_images is not None and self.max_images < 0:
+            raise ValueError(f"max_images must be >= 0 (0 = all), got {self.max_images}")
+        if self.label_mode not in ("representative", "majority"):
+            raise ValueError(f"label_mode must be representative|majority, not {self.label_mode}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+    def load_options(self) -> dict:
+        """Options for the reader's ``load_scene``: with ``no_images``, frames are not read."""
+        opts = dict(self.reader_options)
+        if self.no_images:
+            opts.update(dataset_info(self.dataset).points_only)
+        return opts
+
+    def image_policy(self) -> ImagePolicy:
+        info = dataset_info(self.dataset)
+        return resolve_image_policy(info.default_max_images, self.max_images, self.seed)
+
+    def correspond_config(self) -> CorrespondConfig:
+        return CorrespondConfig(
+            depth_abs_tol=self.depth_abs_tol,
+            depth_rel_tol=self.depth_rel_tol,
+            zbuffer_cell_px=self.zbuffer_cell_px,
+            point_spacing=self.voxel_size,
+        )
+
+    def image_policy_record(self) -> dict:
+        """What the cache root records (and compares on rerun) about images and pairing."""
+        if self.no_images:
+            return {"selection": "none", "no_images": True}
+        return {
+            **self.image_policy().to_dict(),
+            "no_images": False,
+            "correspondence": self.correspond_config().to_dict(),
+        }
+
+    def content_options(self) -> dict:
+        """Other settings that change the scenes' content; a rerun must agree on them too."""
+        return {"reader_options": dict(self.reader_options), "label_mode": self.label_mode}
+
+
+@dataclass(frozen=True)
+class SceneJob:
+    """Everything one task needs; plain data, so it crosses process boundaries."""
+
+    scene_id: str
+    config: PrepConfig
+    teacher_spec: dict | None = None  # what the driver resolved; workers must match it
+    run_id: str = ""
+
+
+@dataclass(frozen=True)
+class Plan:
+    jobs: list[SceneJob]
+    skipped: list[str]  # complete in the cache already
+
+    @property
+    def scene_ids(self) -> list[str]:
+        return [j.scene_id for j in self.jobs]
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def make_plan(
+    config: PrepConfig,
+    listed: Sequence[str],
+    complete: Collection[str] = (),
+    *,
+    teacher_spec: dict | None = None,
+    run_id: str = "",
+) -> Plan:
+    """Jobs for the listed scenes (or ``config.scenes``) that are not complete yet.
+
+    Order follows the reader's listing; complete scenes are skipped, incomplete ones (a
+    killed run) are planned again and the cache replaces their leftovers.
+    """
+    seen: set[str] = set()
+    dupes = [s for s in listed if s in seen or seen.add(s)]
+    if dupes:
+        raise ValueError(f"the reader listed scenes twice: {sorted(set(dupes))[:5]}")
+    wanted = list(listed)
+    if config.scenes:
+        missing = [s for s in config.scenes if s not in seen]
+        if missing:
+            raise ValueError(
+                f"scenes not found in {config.root} (split {config.split}): {missing[:5]}; "
+                "check the ids (tttkd-prep DATASET --root ... --dry-run lists the count)"
+            )
+        keep = set(config.scenes)
+        wanted = [s for s in listed if s in keep]
+    done = set(complete)
+    jobs = [SceneJob(s, config, teacher_spec, run_id) for s in wanted if s not in done]
+    return Plan(jobs=jobs, skipped=[s for s in wanted if s in done])
+
+
+def estimate_scene_bytes(
+    *,
+    full_points: int,
+    voxels: int,
+    images: int,
+    pairs: int,
+    grid_hw: tuple[int, int],
+    dim: int,
+) -> int:
+    """Uncompressed bytes of one scene in the cache (features dominate)."""
+    feats = images * grid_hw[0] * grid_hw[1] * dim * FEATURE_BYTES
+    return (
+        voxels * BYTES_PER_VOXEL
+        + full_points * BYTES_PER_POINT
+        + pairs * BYTES_PER_PAIR
+        + images * BYTES_PER_IMAGE
+        + feats
+    )

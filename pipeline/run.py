@@ -1,0 +1,325 @@
+"""The prep driver: resolve the teacher, open or create the cache, plan, execute, report.
+
+Only the driver writes root metadata (``Cache.create``, the PCA basis) and the failures list
+``<out>.failures.json`` (beside the cache, never inside a scene); every task writes only its
+own scene. A rerun skips complete scenes and redoes incomplete ones; a rerun with another
+teacher, voxel size, image policy or reader options is refused unless ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tttkd.pipeline.datasets import registry
+from tttkd.pipeline.errors import TttkdError
+from tttkd.pipeline.executors import Executor, SerialExecutor
+from tttkd.pipeline.frames import select_frames
+from tttkd.pipeline.plan import Plan, PrepConfig, SceneJob, estimate_scene_bytes, make_plan
+from tttkd.pipeline.prep_scene import SceneResult, get_teacher, prep_scene, sample_features
+from tttkd.pipeline.voxelize import voxelize
+
+
+class PrepError(TttkdError):
+    """The run cannot start as asked (says why and what to do)."""
+
+
+@dataclass
+class RunReport:
+    planned: int
+    skipped: list[str]
+    done: list[str] = field(default_factory=list)
+    failed: list[dict] = field(default_factory=list)  # {"scene_id", "reason", "detail"}
+    images: int = 0
+    seconds: float = 0.0
+    failures_path: str = ""
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+
+def failures_url(out: str) -> str:
+    return out.rstrip("/") + ".failures.json"
+
+
+def _write_json(url: str, data: dict, storage_options: dict | None) -> None:
+    import fsspec
+
+    with fsspec.open(url, "w", **(storage_options or {})) as f:
+        json.dump(data, f, indent=1)
+
+
+def label_set_for(config: PrepConfig) -> tuple[str, tuple[str, ...]]:
+    from tttkd.pipeline.labels import get_label_set
+
+    name = config.label_set or registry.dataset_info(config.dataset).label_set
+    if name is None:
+        raise PrepError(
+            f"the {config.dataset} layout does not say which classes its labels are",
+            fix="pass --label-set scannet20|s3dis13|matterport21",
+        )
+    ls = get_label_set(name)
+    return ls.name, ls.class_names
+
+
+def check_images(config: PrepConfig) -> None:
+    info = registry.dataset_info(config.dataset)
+    if not info.has_images and not config.no_images:
+        raise PrepError(
+            f"the {config.dataset} layout has no images, and knowledge distillation needs "
+            "posed images to run the 2D teacher on",
+            fix="prepare the dataset from its original release (scannet, s3dis, matterport3d), "
+            "or pass --no-images to write a points-only cache (no teacher features)",
+        )
+
+
+def teacher_record(config: PrepConfig) -> dict:
+    """The TeacherSpec as stored in the cache (built once in the driver)."""
+    if config.no_images:
+        return {"name": "none", "dim": 0}
+    return get_teacher(SceneJob("", config)).spec.to_dict()
+
+
+def build_meta(config: PrepConfig, teacher: dict) -> Any:
+    from tttkd.pipeline.cache import CacheMeta
+
+    label_set, class_names = label_set_for(config)
+    return CacheMeta(
+        dataset=config.dataset,
+        voxel_size=config.voxel_size,
+        image_policy=config.image_policy_record(),
+        teacher=teacher,
+        label_set=label_set,
+        class_names=class_names,
+        feature_codec=config.feature_codec,
+        options={"content": config.content_options(), "root": str(config.root)},
+    )
+
+
+def open_cache(config: PrepConfig, meta: Any) -> Any:
+    """Create or resume the cache; settings outside CacheMeta's comparison are checked here."""
+    from tttkd.pipeline.cache import Cache, CacheError
+
+    if not config.overwrite:
+        try:
+            old = Cache.open(config.out, read_only=True, storage_options=config.storage_options)
+        except CacheError:
+            old = None
+        if old is not None:
+            before = old.meta.options.get("content")
+            now = meta.options["content"]
+            if before is not None and before != now:
+                raise CacheError(
+                    f"the cache was made with other reader/label options: {before} -> {now}",
+                    file=config.out,
+                    fix="rerun with --overwrite to delete it and start again, or choose "
+                    "another --out",
+                )
+    return Cache.create(
+        config.out, meta, overwrite=config.overwrite, storage_options=config.storage_options
+    )
+
+
+def list_and_plan(
+    config: PrepConfig, complete: set[str], teacher: dict | None, run_id: str
+) -> Plan:
+    listed = registry.list_scenes(
+        config.dataset, config.root, config.split, **config.reader_options
+    )
+    return make_plan(config, listed, complete, teacher_spec=teacher, run_id=run_id)
+
+
+def fit_pca_if_needed(cache: Any, plan: Plan, config: PrepConfig, echo: Callable) -> None:
+    """PCA codecs: fit the basis on a few (training) scenes' features, once, in the driver."""
+    from tttkd.pipeline.cache_codecs import fit_pca
+
+    k = cache.codec.pca_k
+    if k is None or cache.pca is not None:
+        return
+    if cache.scene_ids(include_incomplete=True):
+        raise PrepError("the cache holds scenes but no PCA basis", fix="rerun with --overwrite")
+    train = [j for j in plan.jobs if j.config.split in (None, "train")] or plan.jobs
+    samples = []
+    for job in train[: config.pca_fit_scenes]:
+        try:
+            samples.append(sample_features(job))
+        except TttkdError as e:
+            echo(f"pca: skipping {job.scene_id} ({e})")
+    if not samples or sum(len(s) for s in samples) < 2:
+        raise PrepError("no features to fit the PCA basis on", fix="use --feature-codec fp16")
+    basis = fit_pca(np.concatenate(samples), k, seed=config.seed)
+    cache.set_pca(basis)
+    kept = sum(basis.explained_variance_ratio)
+    echo(f"pca: {k} components fitted on {len(samples)} scenes ({kept:.1%} of the variance)")
+
+
+def dry_run(config: PrepConfig, echo: Callable[[str], None] = print, sample: int = 2) -> dict:
+    """Scene count and an estimated (uncompressed) cache size; reads ``sample`` scenes only."""
+    from tttkd.pipeline.cache import Cache, CacheError
+    from tttkd.pipeline.correspond import correspond
+
+    check_images(config)
+    try:
+        complete = set(Cache.open(config.out, read_only=True).scene_ids())
+    except CacheError:
+        complete = set()
+    plan = list_and_plan(config, complete if not config.overwrite else set(), None, "")
+    n = len(plan.jobs)
+    echo(
+        f"{config.dataset}: {n + len(plan.skipped)} scenes, {len(plan.skipped)} complete "
+        f"already, {n} to prepare"
+    )
+    if n == 0:
+        return {"scenes": 0, "skipped": len(plan.skipped), "bytes": 0}
+    teacher = None if config.no_images else get_teacher(SceneJob("", config))
+    picks = sorted({int(i) for i in np.linspace(0, n - 1, min(sample, n))})
+    per_scene = []
+    for i in picks:
+        job = plan.jobs[i]
+        scene = registry.load_scene(
+            config.dataset, config.root, job.scene_id, **config.load_options()
+        )
+        vox = voxelize(scene.xyz, config.voxel_size)
+        frames, pairs, grid = [], 0, (0, 0)
+        if teacher is not None:
+            frames = select_frames(scene.frames, config.image_policy(), scene.id).frames
+            if frames:
+                grid = teacher.grid_size(frames[0].height, frames[0].width)
+                views = [_view(f) for f in frames]
+                pairs = correspond(scene.xyz[vox.keep], views, config.correspond_config()).num_pairs
+        b = estimate_scene_bytes(
+            full_points=scene.num_points,
+            voxels=vox.num_voxels,
+            images=len(frames),
+            pairs=pairs,
+            grid_hw=grid,
+            dim=0 if teacher is None else teacher.spec.dim,
+        )
+        per_scene.append(b)
+        echo(
+            f"  {job.scene_id}: {scene.num_points} points -> {vox.num_voxels} voxels, "
+            f"{len(frames)} images at grid {grid[0]}x{grid[1]}, {pairs} pairs: {_mb(b)}"
+        )
+    est = int(np.mean(per_scene) * n)
+    echo(
+        f"estimated cache size: {_mb(est)} uncompressed for {n} scenes "
+        f"({_mb(int(np.mean(per_scene)))} per scene; zstd typically saves 10-30% on features)"
+    )
+    return {"scenes": n, "skipped": len(plan.skipped), "bytes": est}
+
+
+def _view(frame: Any) -> Any:
+    from tttkd.pipeline.correspond import View
+
+    depth = frame.load_depth()
+    dk = None if depth is None else frame.depth_intrinsics(depth.shape[1], depth.shape[0])
+    return View(frame.K, frame.c2w, frame.width, frame.height, depth=depth, depth_K=dk)
+
+
+def _mb(b: int) -> str:
+    return f"{b / 2**20:.1f} MiB" if b < 2**30 else f"{b / 2**30:.2f} GiB"
+
+
+def run_prep(
+    config: PrepConfig,
+    executor: Executor | None = None,
+    *,
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+    run_id: str | None = None,
+) -> RunReport:
+    """Prepare every planned scene; failures are collected, never raised (see exit_code)."""
+    from tttkd.pipeline.plan import new_run_id
+
+    t_start = time.perf_counter()
+    run_id = run_id or new_run_id()
+    check_images(config)
+    teacher = teacher_record(config)
+    meta = build_meta(config, teacher)
+    cache = open_cache(config, meta)
+    plan = list_and_plan(config, set(cache.scene_ids()), teacher, run_id)
+    echo(
+        f"{config.dataset}: {len(plan.jobs) + len(plan.skipped)} scenes; "
+        f"{len(plan.skipped)} complete already (skipped), {len(plan.jobs)} to prepare"
+    )
+    fit_pca_if_needed(cache, plan, config, echo)
+    report = RunReport(planned=len(plan.jobs), skipped=list(plan.skipped))
+    report.failures_path = failures_url(config.out)
+    executor = executor or SerialExecutor()
+    bar = _progress(len(plan.jobs), len(plan.skipped), progress)
+    try:
+        with executor:
+            for res in executor.run(prep_scene, plan.jobs):
+                _account(report, res)
+                if res.status == "failed":
+                    _save_failures(report, config, run_id)
+                    bar.write(f"FAILED {res.scene_id}: {res.reason.splitlines()[0]}")
+                bar.update(1)
+                elapsed = time.perf_counter() - t_start
+                bar.set_postfix(
+                    done=len(report.done),
+                    failed=len(report.failed),
+                    skipped=len(report.skipped),
+                    img_s=f"{report.images / max(elapsed, 1e-9):.2f}",
+                )
+    finally:
+        bar.close()
+        report.seconds = round(time.perf_counter() - t_start, 3)
+        _save_failures(report, config, run_id)
+    echo(
+        f"done {len(report.done)}, failed {len(report.failed)}, skipped {len(report.skipped)} "
+        f"in {report.seconds:.1f} s ({report.images} images)"
+    )
+    if report.failed:
+        echo(f"failures listed in {report.failures_path}:")
+        for f in report.failed:
+            echo(f"  {f['scene_id']}: {f['reason'].splitlines()[0]}")
+    return report
+
+
+def _account(report: RunReport, res: SceneResult) -> None:
+    if res.status == "done":
+        report.done.append(res.scene_id)
+        report.images += res.images
+    elif res.status == "skipped":
+        report.skipped.append(res.scene_id)
+    else:
+        report.failed.append({"scene_id": res.scene_id, "reason": res.reason, "detail": res.detail})
+
+
+def _save_failures(report: RunReport, config: PrepConfig, run_id: str) -> None:
+    data = {
+        "run_id": run_id,
+        "dataset": config.dataset,
+        "cache": config.out,
+        "planned": report.planned,
+        "done": len(report.done),
+        "skipped": len(report.skipped),
+        "failures": report.failed,
+    }
+    _write_json(report.failures_path, data, config.storage_options)
+
+
+class _NoBar:
+    def update(self, n: int) -> None: ...
+    def set_postfix(self, **kw: Any) -> None: ...
+    def write(self, s: str) -> None:
+        print(s)
+
+    def close(self) -> None: ...
+
+
+def _progress(total: int, skipped: int, enabled: bool) -> Any:
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit="scene", dynamic_ncols=True)
+    bar.set_postfix(done=0, failed=0, skipped=skipped, img_s="0.00")
+    return bar

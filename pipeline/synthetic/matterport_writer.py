@@ -1,0 +1,441 @@
+"""Write synthetic houses in Matterport3D's exact on-disk format (FORMATS.md section 3).
+
+A house is a row of rooms (regions) side by side along +x in one house frame. Each region's
+points are the vertices of a triangulated mesh of its boxes (a grid on every box face, so
+neighbouring faces share vertices and the reader's majority vote has work to do); each face
+carries the ``category_id`` of its box, and a few patches carry "no class" ids (-1, 0, the
+``storage`` row whose nyu40id is empty, and ``lamp``, whose NYU40 class is not one of the
+21). Panorama cameras inside each region are rendered with :mod:`.render`; their poses go to
+the ``.conf`` in OpenGL axes and with six significant digits, like the real files, and the
+returned truth holds the values as written.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tttkd.pipeline.labels import get_label_set
+from tttkd.pipeline.synthetic.domain import SOURCE, Domain
+from tttkd.pipeline.synthetic.matterport_mesh import RegionMesh, box_mesh
+from tttkd.pipeline.synthetic.render import Camera, look_at, render
+from tttkd.pipeline.synthetic.room import FURNITURE, Box, Room, make_room
+
+GL_TO_CV = np.diag([1.0, -1.0, -1.0, 1.0])
+MAPPING_HEADER = (
+    "index raw_category category count nyuId nyu40id eigen13id nyuClass nyu40class "
+    "eigen13class ModelNet40 ModelNet10 ShapeNetCore55 synsetoffset wnsynsetid wnsynsetkey "
+    "mpcat40index mpcat40"
+).split()
+# Rows without one of the 21 classes: (index, raw_category, nyu40id); "" = empty cell.
+NO_CLASS_ROWS = ((1240, "storage", ""), (1241, "lamp", "35"))
+CAM_TILT_DEG = (-25.0, 0.0, 25.0)  # Matterport cameras 0..2 of a panorama
+YAWS = 6
+_ID_CHARS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class RegionTruth:
+    scene_id: str
+    house: str
+    region: int
+    mesh: RegionMesh  # as written: xyz, rgb, faces, category, face label, face box
+    label: np.ndarray  # (V,) int16 vertex label by majority vote (the reader's target)
+    views: list[str]  # names of the frames whose camera is inside this region
+
+
+@dataclass
+class ViewTruth:
+    name: str
+    house: str
+    region: int
+    K: np.ndarray  # (3, 3) as written
+    c2w: np.ndarray  # (4, 4) OpenCV axes, from the pose as written
+    width: int
+    height: int
+    box_index: np.ndarray  # (H, W) index into HouseTruth.boxes, -1 = nothing
+
+
+@dataclass
+class HouseTruth:
+    house: str
+    split: str
+    boxes: list[Box]
+    regions: list[str]
+
+
+@dataclass
+class MatterportTruth:
+    root: Path
+    scans_root: Path  # pass this to tttkd.pipeline.datasets.matterport3d
+    houses: dict[str, HouseTruth] = field(default_factory=dict)
+    regions: dict[str, RegionTruth] = field(default_factory=dict)
+    views: dict[str, ViewTruth] = field(default_factory=dict)
+    label_set: str = "matterport21"
+
+    @property
+    def scene_ids(self) -> list[str]:
+        return list(self.regions)
+
+
+def category_rows() -> list[tuple[int, str, str]]:
+    """(index, raw_category, nyu40id) for every class of matterport21 plus the no-class rows.
+
+    Indices are deliberately not contiguous, so a reader must map by the ``index`` column.
+    """
+    ls = get_label_set("matterport21")
+    rows = [
+        (3 + 7 * i, name, str(nyu))
+        for i, (name, nyu) in enumerate(zip(ls.class_names, ls.nyu40_ids))
+    ]
+    return rows + list(NO_CLASS_ROWS)
+
+
+def write_matterport_dataset(
+    root: str | Path,
+    n_houses: int = 1,
+    *,
+    regions_per_house: int = 2,
+    seed: int = 0,
+    domain: Domain = SOURCE,
+    image_size: tuple[int, int] = (160, 128),
+    views_per_region: int | Sequence[int] = 6,
+    spacing: float | None = None,
+    fov_deg: float = 70.0,
+    splits: Sequence[str] | None = None,
+    house_ids: Sequence[str] | None = None,
+    depth_dropout: float = 0.01,
+) -> MatterportTruth:
+    """Write ``n_houses`` houses under ``root/v1/scans`` and return what was written.
+
+    ``views_per_region`` (one number, or one per region) counts images; image ``j`` of a
+    region is panorama ``j // 18``, camera ``(j % 18) // 6``, yaw ``j % 6``. A region with 0
+    views tests the reader's nearest-camera fallback. ``spacing`` (default
+    ``domain.spacing``) is the mesh grid step. ``splits`` gives each house's split (default
+    train, val, test in turn); split lists and ``category_mapping.tsv`` go to
+    ``<scans>/tasks/benchmark`` and ``<scans>/metadata``. ``house_ids`` names the houses
+    (default: random 11-character ids like the real ones).
+    """
+    root = Path(root)
+    scans = root / "v1" / "scans"
+    scans.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    spacing = domain.spacing if spacing is None else spacing
+    per_region = (
+        [int(views_per_region)] * regions_per_house
+        if isinstance(views_per_region, int)
+        else [int(v) for v in views_per_region]
+    )
+    if len(per_region) != regions_per_house:
+        raise ValueError("views_per_region needs one count per region")
+    rows = category_rows()
+    cat_of = {name: idx for idx, name, _ in rows}
+    no_class = [cat_of["storage"], cat_of["lamp"]]
+    train_of = {n: i for i, n in enumerate(get_label_set("matterport21").class_names)}
+    truth = MatterportTruth(root=root, scans_root=scans)
+    split_lists: dict[str, list[str]] = {s: [] for s in SPLITS}
+    for h in range(n_houses):
+        house = "".join(rng.choice(list(_ID_CHARS), 11))
+        if house_ids is not None:
+            house = house_ids[h]
+        split = splits[h] if splits is not None else SPLITS[h % 3]
+        split_lists[split].append(house)
+        hdir = scans / house
+        rooms = _house_rooms(rng, regions_per_house)
+        boxes = [b for r in rooms for b in r.boxes]
+        house_room = Room(name=house, size=(0.0, 0.0, 0.0), boxes=boxes)
+        ht = HouseTruth(house, split, boxes, [])
+        truth.houses[house] = ht
+        conf_groups: list[tuple[np.ndarray, list[tuple[str, int, int, np.ndarray]]]] = []
+        first_box = 0
+        for k, room in enumerate(rooms):
+            scene_id = f"{house}/region{k}"
+            mesh = box_mesh(
+                room,
+                spacing,
+                seed=int(rng.integers(1 << 31)),
+                domain=domain,
+                category_of=lambda b: cat_of[b.class_name],
+                no_class=no_class,
+                train_of=lambda b: train_of[b.class_name],
+                first_box=first_box,
+            )
+            first_box += len(room.boxes)
+            mesh.raw_label.update({idx: raw for idx, raw, _ in rows})
+            _write_region(hdir / "region_segmentations", k, mesh)
+            label = _vote(mesh.faces, mesh.face_label, len(mesh.xyz))
+            rt = RegionTruth(scene_id, house, k, mesh, label, [])
+            truth.regions[scene_id] = rt
+            ht.regions.append(scene_id)
+            for group in _region_cameras(rng, room, per_region[k], image_size, fov_deg):
+                conf_groups.append(group)
+                for pano, cam, yaw, c2w_gl in group[1]:
+                    name = f"{pano}_i{cam}_{yaw}"
+                    rt.views.append(name)
+                    truth.views[name] = ViewTruth(
+                        name,
+                        house,
+                        k,
+                        group[0],
+                        c2w_gl @ GL_TO_CV,
+                        *image_size,
+                        box_index=np.empty(0, dtype=np.int32),
+                    )
+        _write_images(hdir, house_room, truth, conf_groups, rng, depth_dropout)
+        _write_conf(hdir / "undistorted_camera_parameters" / f"{house}.conf", conf_groups)
+        _write_house_file(hdir / "house_segmentations" / f"{house}.house", house, truth, rooms)
+    _write_mapping(scans / "metadata" / "category_mapping.tsv", rows)
+    bench = scans / "tasks" / "benchmark"
+    bench.mkdir(parents=True, exist_ok=True)
+    for s, houses in split_lists.items():
+        (bench / f"scenes_{s}.txt").write_text("".join(f"{x}\n" for x in houses))
+    return truth
+
+
+def _house_rooms(rng: np.random.Generator, n: int) -> list[Room]:
+    """``n`` random rooms, shifted so that they stand side by side along +x with gaps."""
+    rooms, x0 = [], 0.0
+    kinds = sorted(FURNITURE)
+    for k in range(n):
+        furniture = tuple(rng.choice(kinds, size=4, replace=False).tolist())
+        room = make_room(
+            int(rng.integers(1 << 31)),
+            name=f"region{k}",
+            furniture=furniture,
+            size_range=(3.5, 4.5),
+        )
+        off = np.array([x0, 0.0, 0.0])
+        boxes = [
+            Box(
+                tuple((np.asarray(b.lo) + off).tolist()),
+                tuple((np.asarray(b.hi) + off).tolist()),
+                b.class_name,
+                b.color,
+                b.texture,
+                b.instance,
+            )
+            for b in room.boxes
+        ]
+        rooms.append(Room(name=room.name, size=room.size, boxes=boxes))
+        x0 += room.size[0] + 1.0
+    return rooms
+
+
+def _vote(faces: np.ndarray, face_label: np.ndarray, n: int) -> np.ndarray:
+    """Majority over touching faces, unlabelled first on ties (written apart from the reader)."""
+    counts = np.zeros((n, 22), dtype=np.int64)
+    np.add.at(counts, (faces.ravel(), np.repeat(face_label.astype(np.int64) + 1, 3)), 1)
+    return (np.argmax(counts, axis=1) - 1).astype(np.int16)
+
+
+def _g6(x: float) -> float:
+    """The value as a six-significant-digit text reads back (tiny round-off becomes 0)."""
+    return 0.0 if abs(x) < 1e-9 else float(format(float(x), ".6g"))
+
+
+def _region_cameras(rng, room: Room, n_views: int, size: tuple[int, int], fov_deg: float):
+    """Groups (K, [(pano, cam, yaw, c2w_gl)]) of one panorama camera each, as written."""
+    width, height = size
+    lo = np.min([b.lo for b in room.boxes], axis=0)
+    w, l = room.size[0], room.size[1]
+    furniture = [b for b in room.boxes if b.class_name not in ("floor", "ceiling", "wall")]
+    groups = []
+    for p in range((n_views + YAWS * 3 - 1) // (YAWS * 3)):
+        pano = "".join(rng.choice(list("0123456789abcdef"), 32))
+        for _ in range(1000):  # a centre clear of furniture, 0.6 m from the walls
+            c = np.array([lo[0] + 0.1 + rng.uniform(0.6, w - 0.6), rng.uniform(0.6, l - 0.6), 1.5])
+            if all(
+                not (b.lo[0] - 0.3 < c[0] < b.hi[0] + 0.3 and b.lo[1] - 0.3 < c[1] < b.hi[1] + 0.3)
+                for b in furniture
+            ):
+                break
+        for cam in range(3):
+            n_here = min(YAWS, n_views - p * YAWS * 3 - cam * YAWS)
+            if n_here <= 0:
+                break
+            fx = (width / 2.0) / np.tan(np.deg2rad(fov_deg) / 2.0) * (1.0 + 0.01 * cam)
+            K = np.array(
+                [
+                    [_g6(fx), 0, _g6((width - 1) / 2 + 0.7 * (cam - 1))],
+                    [0, _g6(fx * 1.001), _g6((height - 1) / 2 - 0.4 * cam)],
+                    [0, 0, 1],
+                ]
+            )
+            scans = []
+            for yaw in range(n_here):
+                tilt, ang = np.deg2rad(CAM_TILT_DEG[cam]), np.deg2rad(60.0 * yaw + 15.0 * p)
+                pos = c + np.array([0.0, 0.0, 0.05 * (cam - 1)])
+                d = np.array([np.cos(tilt) * np.cos(ang), np.cos(tilt) * np.sin(ang), np.sin(tilt)])
+                c2w_gl = np.vectorize(_g6)(look_at(pos, pos + d) @ GL_TO_CV)
+                c2w_gl[3] = (0, 0, 0, 1)
+                scans.append((pano, cam, yaw, c2w_gl))
+            groups.append((K, scans))
+    return groups
+
+
+def _write_images(
+    hdir: Path, house_room: Room, truth: MatterportTruth, groups, rng, dropout
+) -> None:
+    from PIL import Image
+
+    cdir, ddir = hdir / "undistorted_color_images", hdir / "undistorted_depth_images"
+    cdir.mkdir(parents=True, exist_ok=True)
+    ddir.mkdir(parents=True, exist_ok=True)
+    for K, scans in groups:
+        for pano, cam, yaw, _ in scans:
+            view = truth.views[f"{pano}_i{cam}_{yaw}"]
+            rgb, depth, box_index = render(house_room, Camera(K, view.c2w, view.width, view.height))
+            view.box_index = box_index
+            raw = np.clip(np.round(depth.astype(np.float64) * 4000.0), 0, 65535).astype(np.uint16)
+            raw[rng.random(raw.shape) < dropout] = 0
+            Image.fromarray(rgb).save(cdir / f"{pano}_i{cam}_{yaw}.jpg", quality=95)
+            Image.fromarray(raw).save(ddir / f"{pano}_d{cam}_{yaw}.png")
+
+
+def _fmt(values) -> str:
+    return " ".join(format(float(v), ".6g") for v in values)
+
+
+def _write_conf(path: Path, groups) -> None:
+    n = sum(len(s) for _, s in groups)
+    lines = [
+        "dataset matterport",
+        f"n_images {n}",
+        "depth_directory undistorted_depth_images",
+        "color_directory undistorted_color_images",
+        "",
+    ]
+    for K, scans in groups:
+        k = K.ravel()
+        lines.append(f"intrinsics_matrix {_fmt(k[:3])}  {_fmt(k[3:6])}  {_fmt(k[6:])}")
+        for pano, cam, yaw, c2w_gl in scans:
+            rows = "  ".join(_fmt(r) for r in c2w_gl)
+            lines.append(f"scan {pano}_d{cam}_{yaw}.png {pano}_i{cam}_{yaw}.jpg  {rows}")
+        lines.append("")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+
+
+_VERTEX_DTYPE = np.dtype(
+    [(n, "<f4") for n in ("x", "y", "z", "nx", "ny", "nz", "tx", "ty")]
+    + [(n, "u1") for n in ("red", "green", "blue")]
+)
+_FACE_DTYPE = np.dtype(
+    [
+        ("n", "u1"),
+        ("vertex_indices", "<i4", (3,)),
+        ("material_id", "<i4"),
+        ("segment_id", "<i4"),
+        ("category_id", "<i4"),
+    ]
+)
+
+
+def _write_region(folder: Path, k: int, mesh: RegionMesh) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    v = np.zeros(len(mesh.xyz), _VERTEX_DTYPE)
+    for i, n in enumerate(("x", "y", "z")):
+        v[n] = mesh.xyz[:, i]
+        v["n" + n] = mesh.normal[:, i]
+    v["tx"], v["ty"] = mesh.uv[:, 0], mesh.uv[:, 1]
+    v["red"], v["green"], v["blue"] = mesh.rgb.T
+    f = np.zeros(len(mesh.faces), _FACE_DTYPE)
+    f["n"] = 3
+    f["vertex_indices"] = mesh.faces
+    f["material_id"], f["segment_id"], f["category_id"] = mesh.material, mesh.segment, mesh.category
+    header = "\n".join(
+        ["ply", "format binary_little_endian 1.0", f"element vertex {len(v)}"]
+        + [
+            f"property {'float' if t.kind == 'f' else 'uchar'} {n}"
+            for n, (t, _) in _VERTEX_DTYPE.fields.items()
+        ]
+        + [
+            f"element face {len(f)}",
+            "property list uchar int vertex_indices",
+            "property int material_id",
+            "property int segment_id",
+            "property int category_id",
+            "end_header",
+        ]
+    )
+    with open(folder / f"region{k}.ply", "wb") as fh:
+        fh.write((header + "\n").encode("ascii"))
+        fh.write(v.tobytes())
+        fh.write(f.tobytes())
+    (folder / f"region{k}.fsegs.json").write_text(
+        json.dumps({"segIndices": mesh.material.tolist()})
+    )
+    vseg = np.full(len(mesh.xyz), -1, dtype=np.int64)
+    vseg[mesh.faces.ravel()] = np.repeat(mesh.material, 3)
+    (folder / f"region{k}.vsegs.json").write_text(json.dumps({"segIndices": vseg.tolist()}))
+    groups = []
+    for obj in np.unique(mesh.segment).tolist():
+        m = mesh.segment == obj
+        cat = int(mesh.category[m][0])
+        pts = mesh.xyz[np.unique(mesh.faces[m])]
+        groups.append(
+            {
+                "id": len(groups),
+                "objectId": obj,
+                "label": mesh.raw_label.get(cat, "unknown"),
+                "segments": np.unique(mesh.material[m]).tolist(),
+                "obb": {
+                    "centroid": ((pts.min(0) + pts.max(0)) / 2).tolist(),
+                    "axesLengths": (pts.max(0) - pts.min(0)).tolist(),
+                    "normalizedAxes": [1, 0, 0, 0, 1, 0, 0, 0, 1],
+                },
+            }
+        )
+    (folder / f"region{k}.semseg.json").write_text(json.dumps({"segGroups": groups}))
+
+
+def _write_house_file(path: Path, house: str, truth: MatterportTruth, rooms: list[Room]) -> None:
+    """A ``.house`` with H, L, R, I and C records (enough for tools that read regions/images)."""
+    views = [v for v in truth.views.values() if v.house == house]
+    lo = np.min([b.lo for r in rooms for b in r.boxes], axis=0)
+    hi = np.max([b.hi for r in rooms for b in r.boxes], axis=0)
+    zeros = "0 0 0 0 0"
+    out = [
+        "ASCII 1.1",
+        f"H {house} house {len(views)} {len({v.name[:32] for v in views})} 0 0 0 0 0 {len(rooms)} 0 1  {zeros}  "
+        f"{_fmt(lo)}  {_fmt(hi)}  {zeros}",
+        f"L 0 {len(rooms)} level  {_fmt((lo + hi) / 2)}  {_fmt(lo)}  {_fmt(hi)}  {zeros}",
+    ]
+    for k, r in enumerate(rooms):
+        rlo = np.min([b.lo for b in r.boxes], axis=0)
+        rhi = np.max([b.hi for b in r.boxes], axis=0)
+        out.append(
+            f"R {k} 0 0 0 b  {_fmt((rlo + rhi) / 2)}  {_fmt(rlo)}  {_fmt(rhi)}  "
+            f"{_g6(rhi[2] - rlo[2])}  0 0 0 0"
+        )
+    panos: dict[str, int] = {}
+    for i, v in enumerate(views):
+        pano, cam, yaw = v.name.rsplit("_", 2)
+        pi = panos.setdefault(pano, len(panos))
+        c2w_gl = v.c2w @ GL_TO_CV
+        out.append(
+            f"I {i} {pi}  {v.name}.jpg {cam[1:]} {yaw}  {_fmt(c2w_gl.ravel())}  "
+            f"{_fmt(v.K.ravel())}  {v.width} {v.height}  {_fmt(c2w_gl[:3, 3])}  {zeros}"
+        )
+    for i, (idx, raw, _) in enumerate(category_rows()):
+        out.append(f"C {i} {idx} {raw.replace(' ', '#')} 0 void  {zeros}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(out) + "\n")
+
+
+def _write_mapping(path: Path, rows: list[tuple[int, str, str]]) -> None:
+    """The real header and CRLF line ends; cells we have no value for are empty."""
+    lines = ["\t".join(MAPPING_HEADER)]
+    for idx, raw, nyu in rows:
+        cells = dict.fromkeys(MAPPING_HEADER, "")
+        cells.update(
+            index=str(idx), raw_category=raw, category=raw, count="1", nyu40id=nyu, nyu40class=raw
+        )
+        lines.append("\t".join(cells[c] for c in MAPPING_HEADER))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(("\r\n".join(lines) + "\r\n").encode("utf-8"))
