@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -55,14 +54,16 @@ from tttkd.pipeline.cache_layout import (
     PCA,
     POINT_ARRAYS,
     SCENES,
-    chunks_for,
     decode_scene_id,
     encode_scene_id,
+    list_scene_groups,
     open_store,
     read_corr_subset,
+    read_group_attrs,
     run_sync,
     scene_path,
     verify_group,
+    write_group_arrays,
 )
 from tttkd.pipeline.cache_records import (
     SCHEMA_VERSION,
@@ -103,7 +104,7 @@ class Cache:
         self, store: Any, url: str, meta: CacheMeta, read_only: bool, storage_options: dict | None
     ) -> None:
         self._store = store
-        self.url = url
+        self.url = str(url)
         self.meta = meta
         self.read_only = read_only
         self._storage_options = storage_options
@@ -255,33 +256,10 @@ class Cache:
     # ---- listing ---------------------------------------------------------------------------
     def _entries(self) -> list[tuple[str, dict | None]]:
         """(group name, attrs or None when unreadable) for every scene group, sorted."""
-        import zarr.api.asynchronous as za
-
-        async def run() -> list[tuple[str, dict | None]]:
-            try:
-                names = [n async for n in self._store.list_dir(SCENES)]
-            except FileNotFoundError:
-                return []
-            names = sorted(n for n in names if n != "zarr.json")
-
-            async def one(name: str) -> dict | None:
-                try:
-                    g = await za.open_group(store=self._store, path=scene_path(name), mode="r")
-                    return dict(g.attrs)
-                except Exception:
-                    return None
-
-            return list(zip(names, await asyncio.gather(*(one(n) for n in names))))
-
-        return run_sync(run())
+        return list_scene_groups(self._store)
 
     def _group_attrs(self, name: str) -> dict | None:
-        import zarr
-
-        try:
-            return dict(zarr.open_group(self._store, path=scene_path(name), mode="r").attrs)
-        except Exception:
-            return None
+        return read_group_attrs(self._store, name)
 
     @staticmethod
     def _entry_id(name: str, attrs: dict | None) -> str:
@@ -326,8 +304,6 @@ class Cache:
         error unless ``replace`` (the runner skips complete scenes instead).
         """
         import zarr
-        from zarr.codecs import ZstdCodec
-        from zarr.errors import UnstableSpecificationWarning
 
         t0 = time.perf_counter()
         self._check_writable()
@@ -394,23 +370,7 @@ class Cache:
         }
         run_sync(self._store.delete_dir(path))  # leftovers of an interrupted write go first
         group = zarr.create_group(self._store, path=path, attributes=attrs)
-        zstd = [ZstdCodec(level=3)]
-        for key, field_name in POINT_ARRAYS + CAMERA_ARRAYS + CORR_ARRAYS:
-            data = getattr(rec, field_name)
-            group.create_array(key, data=data, chunks=chunks_for(data.shape), compressors=zstd)
-        group.create_array(OFFSETS, data=rec.corr_offsets, compressors=zstd)
-        group.create_array(
-            FEATURES,
-            data=stored,
-            chunks=(1, *(max(1, s) for s in stored.shape[1:])),
-            compressors=zstd,
-            attributes={"codec": codec.name, "decoded_dim": dim},
-        )
-        width = max([1, *(len(s) for s in rec.image_names)])
-        with warnings.catch_warnings():  # fixed-width unicode has no v3 spec entry yet
-            warnings.simplefilter("ignore", UnstableSpecificationWarning)
-            names = np.array(rec.image_names, dtype=f"<U{width}")
-            group.create_array(NAMES, data=names, chunks=chunks_for(names.shape))
+        write_group_arrays(group, rec, stored, codec.name)
         group.update_attributes(
             {"complete": True, "write_seconds": round(time.perf_counter() - t0, 3)}
         )

@@ -7,7 +7,10 @@ scene-id escaping, store opening, the CSR subset read and the per-group verifica
 
 from __future__ import annotations
 
+import asyncio
+import os
 import string
+import warnings
 from typing import Any
 
 import numpy as np
@@ -77,6 +80,7 @@ def open_store(url: str, *, read_only: bool, storage_options: dict | None) -> An
     """A local path -> LocalStore (atomic writes); any other URL -> FsspecStore."""
     from zarr.storage import FsspecStore, LocalStore
 
+    url = os.fspath(url)
     if "://" in url:
         opts = dict(storage_options or {})
         if url.startswith("file://"):
@@ -87,6 +91,65 @@ def open_store(url: str, *, read_only: bool, storage_options: dict | None) -> An
 
 def chunks_for(shape: tuple[int, ...]) -> tuple[int, ...]:
     return (max(1, min(shape[0], CHUNK_ROWS)), *(max(1, s) for s in shape[1:]))
+
+
+def list_scene_groups(store: Any) -> list[tuple[str, dict | None]]:
+    """(group name, attrs or None when unreadable) of every scene group, sorted, read
+    concurrently (one small metadata read per scene)."""
+    import zarr.api.asynchronous as za
+
+    async def run() -> list[tuple[str, dict | None]]:
+        try:
+            names = [n async for n in store.list_dir(SCENES)]
+        except FileNotFoundError:
+            return []
+        names = sorted(n for n in names if n != "zarr.json")
+
+        async def one(name: str) -> dict | None:
+            try:
+                return dict(
+                    (await za.open_group(store=store, path=scene_path(name), mode="r")).attrs
+                )
+            except Exception:  # no or unreadable metadata: a write that never got far
+                return None
+
+        return list(zip(names, await asyncio.gather(*(one(n) for n in names))))
+
+    return run_sync(run())
+
+
+def read_group_attrs(store: Any, name: str) -> dict | None:
+    """A scene group's attrs, or None when it is absent or unreadable."""
+    import zarr
+
+    try:
+        return dict(zarr.open_group(store, path=scene_path(name), mode="r").attrs)
+    except Exception:
+        return None
+
+
+def write_group_arrays(group: Any, rec: SceneRecord, stored: np.ndarray, codec: str) -> None:
+    """Every array of a scene into its (new) group; ``stored`` are the encoded features."""
+    from zarr.codecs import ZstdCodec
+    from zarr.errors import UnstableSpecificationWarning
+
+    zstd = [ZstdCodec(level=3)]
+    for key, field_name in POINT_ARRAYS + CAMERA_ARRAYS + CORR_ARRAYS:
+        data = getattr(rec, field_name)
+        group.create_array(key, data=data, chunks=chunks_for(data.shape), compressors=zstd)
+    group.create_array(OFFSETS, data=rec.corr_offsets, compressors=zstd)
+    group.create_array(
+        FEATURES,
+        data=stored,
+        chunks=(1, *(max(1, s) for s in stored.shape[1:])),  # one chunk per image
+        compressors=zstd,
+        attributes={"codec": codec, "decoded_dim": int(rec.features.shape[-1])},
+    )
+    width = max([1, *(len(s) for s in rec.image_names)])
+    with warnings.catch_warnings():  # fixed-width unicode has no v3 spec entry yet
+        warnings.simplefilter("ignore", UnstableSpecificationWarning)
+        names = np.array(rec.image_names, dtype=f"<U{width}")
+        group.create_array(NAMES, data=names, chunks=chunks_for(names.shape))
 
 
 def read_corr_subset(g: Any, offsets: np.ndarray, idx: np.ndarray) -> tuple[dict, np.ndarray]:

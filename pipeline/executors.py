@@ -104,10 +104,14 @@ class DaskExecutor:
         self.echo = echo
         self.cluster: Any = None
         self.client: Any = None
+        self._depth = 0  # re-entrant: an outer `with` keeps one cluster across several runs
 
     def __enter__(self) -> DaskExecutor:
         from distributed import Client, LocalCluster
 
+        self._depth += 1
+        if self._depth > 1:
+            return self
         if self.scheduler is not None:
             self.client = Client(self.scheduler, set_as_default=False)
             n = len(self.client.scheduler_info().get("workers", {}))
@@ -134,6 +138,9 @@ class DaskExecutor:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._depth -= 1
+        if self._depth > 0:
+            return
         if self.client is not None:
             self.client.close()
         if self.cluster is not None:

@@ -34,6 +34,10 @@ from tttkd.pipeline.voxelize import voxelize
 
 _TEACHERS: dict[tuple, Any] = {}
 _CACHES: dict[tuple, Any] = {}
+_BUILDS = {"teacher": 0}  # teachers built by this process (reported, and tested to stay 1)
+
+
+_BLIND = "sees no point of the scene"
 
 
 class SceneFailure(Exception):
@@ -51,6 +55,8 @@ class SceneResult:
     seconds: float = 0.0
     detail: str = ""  # traceback of an unexpected error (a bug, not bad data)
     timing: dict = field(default_factory=dict)
+    pid: int = field(default_factory=os.getpid)
+    teacher_builds: int = 0  # teachers this process has built so far
 
 
 def teacher_key(job: SceneJob) -> tuple:
@@ -68,6 +74,7 @@ def get_teacher(job: SceneJob) -> Any:
         _TEACHERS[key] = load_teacher(
             c.teacher, c.teacher_weights, c.image_size, c.device, batch_size=c.batch_size
         )
+        _BUILDS["teacher"] += 1
     return _TEACHERS[key]
 
 
@@ -137,7 +144,7 @@ def _images_part(job: SceneJob, scene: Any, xyz: np.ndarray, timing: dict) -> di
             idx, uv = frame_correspondences(xyz, view, ccfg)
             t_corr += time.perf_counter() - t0
             if len(idx) == 0:
-                dropped.append((f.name, "sees no point of the scene"))
+                dropped.append((f.name, _BLIND))
                 continue
             if ref_hw is None:
                 ref_hw = color.shape[:2]
@@ -157,6 +164,13 @@ def _images_part(job: SceneJob, scene: Any, xyz: np.ndarray, timing: dict) -> di
             features[n0 : len(kept)] = out.astype(np.float16)
             t_teach += time.perf_counter() - t0
     timing.update(correspond=t_corr, teacher=t_teach)
+    blind = [n for n, r in dropped if r == _BLIND]
+    if not kept and len(blind) == len(sel.frames):
+        raise SceneFailure(
+            f"zero correspondences: none of the {len(sel.frames)} selected frames sees a point "
+            "of the scene (wrong poses, or points and poses in different frames: check the "
+            "reader's alignment options)"
+        )
     if not kept:
         raise SceneFailure(
             f"no valid frame: none of the {len(sel.frames)} selected frames could be used "
@@ -285,6 +299,7 @@ def prep_scene(job: SceneJob) -> SceneResult:
         pairs=rec.num_corr,
         seconds=_since(t_start),
         timing={k: round(v, 4) for k, v in timing.items()},
+        teacher_builds=_BUILDS["teacher"],
     )
 
 

@@ -17,15 +17,21 @@ from typing import Any
 import numpy as np
 
 from tttkd.pipeline.datasets import registry
-from tttkd.pipeline.errors import TttkdError
+from tttkd.pipeline.errors import DatasetError, TttkdError
 from tttkd.pipeline.executors import Executor, SerialExecutor
 from tttkd.pipeline.frames import select_frames
 from tttkd.pipeline.plan import Plan, PrepConfig, SceneJob, estimate_scene_bytes, make_plan
-from tttkd.pipeline.prep_scene import SceneResult, get_teacher, prep_scene, sample_features
+from tttkd.pipeline.prep_scene import (
+    _TEACHERS,
+    SceneResult,
+    get_teacher,
+    prep_scene,
+    sample_features,
+)
 from tttkd.pipeline.voxelize import voxelize
 
 
-class PrepError(TttkdError):
+class PrepError(DatasetError):
     """The run cannot start as asked (says why and what to do)."""
 
 
@@ -38,6 +44,7 @@ class RunReport:
     images: int = 0
     seconds: float = 0.0
     failures_path: str = ""
+    results: list[SceneResult] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -249,9 +256,11 @@ def run_prep(
         f"{len(plan.skipped)} complete already (skipped), {len(plan.jobs)} to prepare"
     )
     fit_pca_if_needed(cache, plan, config, echo)
+    executor = executor or SerialExecutor()
+    if not isinstance(executor, SerialExecutor):
+        _TEACHERS.clear()  # workers build their own; the driver's copy would only hold memory
     report = RunReport(planned=len(plan.jobs), skipped=list(plan.skipped))
     report.failures_path = failures_url(config.out)
-    executor = executor or SerialExecutor()
     bar = _progress(len(plan.jobs), len(plan.skipped), progress)
     try:
         with executor:
@@ -284,6 +293,7 @@ def run_prep(
 
 
 def _account(report: RunReport, res: SceneResult) -> None:
+    report.results.append(res)
     if res.status == "done":
         report.done.append(res.scene_id)
         report.images += res.images

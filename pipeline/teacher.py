@@ -85,9 +85,8 @@ class _Entry:
 
 def _registry() -> dict[str, _Entry]:
     reg: dict[str, _Entry] = {}
-    for tag, size, dim in [("s", "small", 384), ("b", "base", 768), ("l", "large", 1024)] + [
-        ("g", "giant", 1536)
-    ]:
+    vits = [("s", "small", 384), ("b", "base", 768), ("l", "large", 1024), ("g", "giant", 1536)]
+    for tag, size, dim in vits:
         reg[f"dinov2_vit{tag}14"] = _Entry("dinov2", f"vit_{size}_patch14_dinov2", 14, dim)
         reg[f"dinov2_vit{tag}14_reg"] = _Entry("dinov2", f"vit_{size}_patch14_reg4_dinov2", 14, dim)
     clip = {"mean": OPENAI_CLIP_MEAN, "std": OPENAI_CLIP_STD}
@@ -96,14 +95,21 @@ def _registry() -> dict[str, _Entry]:
         ("l14", "large_patch14", 14, 1024),
     ]:
         # GELU towers (open_clip LAION/DataComp, timm .safetensors); OpenAI's use QuickGELU.
+        # OpenAI mean/std, as timm records for all but LAION-2B ViT-L/14 (which used 0.5).
         reg[f"clip_vit{tag}"] = _Entry("clip", f"vit_{arch}_clip_224", patch, dim, **clip)
         reg[f"clip_vit{tag}_openai"] = _Entry(
             "clip", f"vit_{arch}_clip_quickgelu_224", patch, dim, **clip
         )
     for tag, size in [("b", "base"), ("l", "large"), ("h", "huge")]:
         reg[f"sam_vit{tag}16"] = _Entry("sam", f"samvit_{size}_patch16", 16, 256)
-    tiny = (("embed_dim", 32), ("depth", 2), ("num_heads", 2), ("img_size", 56))
-    tiny += (("init_values", 1.0),)
+    # tiny DINOv2-style ViTs for tests; layer scale 1 so the blocks matter at random init
+    tiny = (
+        ("embed_dim", 32),
+        ("depth", 2),
+        ("num_heads", 2),
+        ("img_size", 56),
+        ("init_values", 1.0),
+    )
     reg["test_vit_tiny"] = _Entry(
         "dinov2", "vit_small_patch14_dinov2", 14, 32, needs_weights=False, overrides=tiny
     )

@@ -28,8 +28,9 @@ STAMP="$VENV/.minkowski-installed"
 
 check_import() {
     # Python >= 3.10 removed collections.Sequence, which ME 0.5.4 still imports.
-    "$PY" -c 'import collections, collections.abc
+    "$PY" -c 'import collections, collections.abc, warnings
 collections.Sequence = collections.abc.Sequence
+warnings.filterwarnings("ignore", message=".*CPU_ONLY")
 import MinkowskiEngine as ME
 assert ME.__version__ == "'"$ME_VERSION"'", ME.__version__
 print("MinkowskiEngine", ME.__version__, "importable")'

@@ -14,6 +14,7 @@ Python >= 3.10 its ``from collections import Sequence`` fails, hence the shim in
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +37,9 @@ def import_me() -> Any:
 
     if not hasattr(collections, "Sequence"):
         collections.Sequence = collections.abc.Sequence  # type: ignore[attr-defined]
-    import MinkowskiEngine as ME
+    with warnings.catch_warnings():  # a CPU build says so at every import; we know
+        warnings.filterwarnings("ignore", message=".*compiled with CPU_ONLY", category=UserWarning)
+        import MinkowskiEngine as ME
 
     return ME
 

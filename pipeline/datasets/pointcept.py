@@ -80,8 +80,12 @@ def load_scene(
     xyz = _load(folder / "coord.npy", scene_id)
     n = len(xyz)
     if xyz.ndim != 2 or xyz.shape[1] != 3 or xyz.dtype.kind not in "fiu":
-        raise DatasetError(f"coord must be (N, 3) numbers, got {xyz.dtype} {xyz.shape}",
-                           file=folder / "coord.npy", scene=scene_id, fix=_FIX)  # fmt: skip
+        raise DatasetError(
+            f"coord must be (N, 3) numbers, got {xyz.dtype} {xyz.shape}",
+            file=folder / "coord.npy",
+            scene=scene_id,
+            fix=_FIX,
+        )
     xyz = xyz.astype(np.float32)
     if not np.isfinite(xyz).all():
         raise DatasetError(
@@ -154,8 +158,12 @@ def _colors(path: Path, n: int, scene_id: str) -> np.ndarray:
         raise DatasetError("color.npy not found", file=path, scene=scene_id, fix=_FIX)
     c = _load(path, scene_id)
     if c.shape != (n, 3) or c.dtype.kind not in "fiu":
-        raise DatasetError(f"color must be ({n}, 3) numbers, got {c.dtype} {c.shape}",
-                           file=path, scene=scene_id, fix=_FIX)  # fmt: skip
+        raise DatasetError(
+            f"color must be ({n}, 3) numbers, got {c.dtype} {c.shape}",
+            file=path,
+            scene=scene_id,
+            fix=_FIX,
+        )
     if c.dtype == np.uint8:
         return np.ascontiguousarray(c)
     c = c.astype(np.float64)
@@ -181,8 +189,11 @@ def _label_set_name(
     if label_set is None and dataset is not None:
         label_set = DATASET_LABEL_SET.get(dataset)
         if label_set is None:
-            raise DatasetError(f"unknown dataset hint {dataset!r}", scene=scene_id,
-                               fix=f"use one of {', '.join(DATASET_LABEL_SET)}")  # fmt: skip
+            raise DatasetError(
+                f"unknown dataset hint {dataset!r}",
+                scene=scene_id,
+                fix=f"use one of {', '.join(DATASET_LABEL_SET)}",
+            )
     if label_set is None and seg_path is not None and seg_path.name == "segment20.npy":
         label_set = "scannet20"
     if label_set is None:
@@ -193,8 +204,11 @@ def _label_set_name(
             f"(one of {', '.join(DATASET_LABEL_SET)})",
         )
     if label_set not in LABEL_SETS:
-        raise DatasetError(f"unknown label set {label_set!r}", scene=scene_id,
-                           fix=f"use one of {', '.join(LABEL_SETS)}")  # fmt: skip
+        raise DatasetError(
+            f"unknown label set {label_set!r}",
+            scene=scene_id,
+            fix=f"use one of {', '.join(LABEL_SETS)}",
+        )
     return label_set
 
 
@@ -203,8 +217,12 @@ def _labels(path: Path, n: int, label_set: str, ignore_index: int, scene_id: str
     if seg.ndim == 2 and seg.shape[1] == 1:
         seg = seg[:, 0]
     if seg.shape != (n,) or seg.dtype.kind not in "iuf":
-        raise DatasetError(f"labels must be ({n},) integers, got {seg.dtype} {seg.shape}",
-                           file=path, scene=scene_id, fix=_FIX)  # fmt: skip
+        raise DatasetError(
+            f"labels must be ({n},) integers, got {seg.dtype} {seg.shape}",
+            file=path,
+            scene=scene_id,
+            fix=_FIX,
+        )
     if seg.dtype.kind == "f":
         if not np.isfinite(seg).all() or (seg != np.round(seg)).any():
             raise DatasetError("labels are not integers", file=path, scene=scene_id, fix=_FIX)

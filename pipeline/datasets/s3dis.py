@@ -349,7 +349,11 @@ def load_scene(
         if images_root is not None:
             frames = load_frames(images_root, area, room, scene=scene_id, max_frames=max_frames)
     if frames and version == "aligned":
-        angles_file = room_dir.parent / f"Area_{area}_alignmentAngle.txt"
+        name = f"Area_{area}/Area_{area}_alignmentAngle.txt"
+        angles_file = vroot / name
+        sibling = vroot.parent / VERSION_DIRS["raw"] / name  # the same file ships with v1.2
+        if not angles_file.is_file() and sibling.is_file():
+            angles_file = sibling
         angles = read_alignment_angles(angles_file)
         if room not in angles:
             raise DatasetError(

@@ -12,7 +12,8 @@ the lines that contain a control byte (other than ``\\t \\n \\r``) are repaired,
 
 The whole cleaned buffer is then parsed in one ``np.fromstring`` call (about as fast as
 numpy's C ``loadtxt``, ~1 s per million lines); only when that fails (a line without 6
-numbers) does a per-line parser run, which skips and counts the bad lines.
+numbers) are the lines that are not six numbers found by one regular expression, dropped and
+counted, and the rest parsed again (~2 s per million lines).
 """
 
 from __future__ import annotations
@@ -27,6 +28,12 @@ import numpy as np
 from tttkd.pipeline.errors import DatasetError
 
 _CTRL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+_CTRL_BYTES = bytes(b for b in range(32) if b not in (9, 10, 13))
+_NUM = rb"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+# A line that is neither six numbers nor blank (with its newline), found at C speed.
+_BAD_LINE = re.compile(
+    rb"^(?![ \t]*" + _NUM + rb"(?:[ \t]+" + _NUM + rb"){5}[ \t\r]*$|[ \t\r]*$).*(?:\n|$)", re.M
+)
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,8 @@ def repair_line(line: bytes) -> bytes | None:
 
 
 def _repair_control_bytes(data: bytes) -> tuple[bytes, int, int]:
+    if len(data.translate(None, _CTRL_BYTES)) == len(data):  # 4x faster than a regex search
+        return data, 0, 0
     repaired = skipped = 0
     pieces = []
     last = 0
@@ -116,9 +125,14 @@ def parse_xyzrgb(data: bytes) -> TextCloud:
             if bad.any():
                 skipped += int(bad.sum())
                 values = values[~bad]
-    if values is None:
-        values, more = _parse_lines(body)
+    if values is None:  # some line is not six numbers: drop those lines, then parse again
+        body, more = _BAD_LINE.subn(b"", body)
         skipped += more
+        try:
+            values = np.fromstring(body, dtype=np.float64, sep=" ").reshape(-1, 6)
+        except ValueError:
+            values, more = _parse_lines(body)
+            skipped += more
     rgb = np.clip(np.rint(values[:, 3:]), 0, 255).astype(np.uint8)
     return TextCloud(xyz=values[:, :3].copy(), rgb=rgb, repaired=repaired, skipped=skipped)
 

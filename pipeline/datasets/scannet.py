@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -115,10 +116,13 @@ def list_scenes(
             )
         return present
     ids = read_split(split_file(root, split, splits_dir))
-    return [s for s in ids if s in set(present)] if existing_only else ids
+    have = set(present)
+    return [s for s in ids if s in have] if existing_only else ids
 
 
-def _scene_split(root: Path, scene_id: str, splits_dir: str | Path | None, test_dir: bool):
+def _scene_split(
+    root: Path, scene_id: str, splits_dir: str | Path | None, test_dir: bool
+) -> str | None:
     for split in SPLITS:
         try:
             if scene_id in read_split(split_file(root, split, splits_dir)):
@@ -239,7 +243,9 @@ def _read_json(path: Path, scene_id: str) -> dict:
         ) from e
 
 
-def load_nyu40(scan_dir: Path, scene_id: str, n_vertices: int, label_map: dict[str, int]):
+def load_nyu40(
+    scan_dir: Path, scene_id: str, n_vertices: int, label_map: dict[str, int]
+) -> tuple[np.ndarray, tuple[Path, Path]]:
     """Per-vertex nyu40 ids (0 = unannotated) from the aggregation over the segments."""
     segs_path = scan_dir / f"{scene_id}_vh_clean_2.0.010000.segs.json"
     agg_path = scan_dir / f"{scene_id}.aggregation.json"
@@ -335,8 +341,6 @@ def load_scene(
 
 
 def _aligned(f: Frame, A: np.ndarray) -> Frame:
-    from dataclasses import replace
-
     return replace(f, c2w=A @ f.c2w)
 
 

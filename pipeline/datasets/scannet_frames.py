@@ -80,6 +80,9 @@ def calibration_size(
     stored: tuple[int, int],
     declared: tuple[int, int] | None,
     real: tuple[int, int],
+    *,
+    file: Path | str,
+    scene: str,
 ) -> tuple[int, int]:
     """The resolution ``K`` was calibrated at: the first of ``declared`` (the scene's ``.txt``),
     the stored image's size and ScanNet's real sensor size whose centre is within 10 % of the
@@ -91,7 +94,15 @@ def calibration_size(
         w, h = cand
         if abs(2 * K[0, 2] + 1 - w) <= 0.1 * w and abs(2 * K[1, 2] + 1 - h) <= 0.1 * h:
             return w, h
-    return declared or stored  # the aspect check in rescaled_K reports a contradiction
+    raise DatasetError(
+        f"cannot tell which image size the intrinsics (cx={K[0, 2]:.2f}, cy={K[1, 2]:.2f}) "
+        f"belong to: not the stored {stored[0]}x{stored[1]}, not {real[0]}x{real[1]}"
+        + (f", not the declared {declared[0]}x{declared[1]}" if declared else ""),
+        file=file,
+        scene=scene,
+        fix="put the scene's <scene>.txt (colorWidth/colorHeight) in its scan folder, or pass "
+        "color_calib_size=(W, H) to load_scene",
+    )
 
 
 def rescaled_K(
@@ -172,7 +183,7 @@ def frames_from_tree(
     size = image_size(first, first, scene)
     K_raw = read_matrix(k_color, scene)
     calib = color_calib_size or calibration_size(
-        K_raw, size, _meta_size(meta, "color"), REAL_COLOR_SIZE
+        K_raw, size, _meta_size(meta, "color"), REAL_COLOR_SIZE, file=k_color, scene=scene
     )
     K = rescaled_K(K_raw, calib, size, file=first, scene=scene, what="colour")
     depth_K, dsize = None, None
@@ -182,7 +193,9 @@ def frames_from_tree(
         dsize = image_size(first_d, first_d, scene)
         if k_depth.exists():
             Kd = read_matrix(k_depth, scene)
-            dcalib = calibration_size(Kd, dsize, _meta_size(meta, "depth"), REAL_DEPTH_SIZE)
+            dcalib = calibration_size(
+                Kd, dsize, _meta_size(meta, "depth"), REAL_DEPTH_SIZE, file=k_depth, scene=scene
+            )
             depth_K = rescaled_K(Kd, dcalib, dsize, file=first_d, scene=scene, what="depth")
     frames = []
     for (i, c2w), has_d in zip(posed, have_depth):

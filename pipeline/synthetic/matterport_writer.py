@@ -12,7 +12,6 @@ returned truth holds the values as written.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,16 +20,18 @@ import numpy as np
 
 from tttkd.pipeline.labels import get_label_set
 from tttkd.pipeline.synthetic.domain import SOURCE, Domain
+from tttkd.pipeline.synthetic.matterport_files import (
+    GL_TO_CV,
+    g6,
+    write_conf,
+    write_house_file,
+    write_mapping,
+    write_region,
+)
 from tttkd.pipeline.synthetic.matterport_mesh import RegionMesh, box_mesh
 from tttkd.pipeline.synthetic.render import Camera, look_at, render
 from tttkd.pipeline.synthetic.room import FURNITURE, Box, Room, make_room
 
-GL_TO_CV = np.diag([1.0, -1.0, -1.0, 1.0])
-MAPPING_HEADER = (
-    "index raw_category category count nyuId nyu40id eigen13id nyuClass nyu40class "
-    "eigen13class ModelNet40 ModelNet10 ShapeNetCore55 synsetoffset wnsynsetid wnsynsetkey "
-    "mpcat40index mpcat40"
-).split()
 # Rows without one of the 21 classes: (index, raw_category, nyu40id); "" = empty cell.
 NO_CLASS_ROWS = ((1240, "storage", ""), (1241, "lamp", "35"))
 CAM_TILT_DEG = (-25.0, 0.0, 25.0)  # Matterport cameras 0..2 of a panorama
@@ -167,7 +168,7 @@ def write_matterport_dataset(
             )
             first_box += len(room.boxes)
             mesh.raw_label.update({idx: raw for idx, raw, _ in rows})
-            _write_region(hdir / "region_segmentations", k, mesh)
+            write_region(hdir / "region_segmentations", k, mesh)
             label = _vote(mesh.faces, mesh.face_label, len(mesh.xyz))
             rt = RegionTruth(scene_id, house, k, mesh, label, [])
             truth.regions[scene_id] = rt
@@ -187,9 +188,15 @@ def write_matterport_dataset(
                         box_index=np.empty(0, dtype=np.int32),
                     )
         _write_images(hdir, house_room, truth, conf_groups, rng, depth_dropout)
-        _write_conf(hdir / "undistorted_camera_parameters" / f"{house}.conf", conf_groups)
-        _write_house_file(hdir / "house_segmentations" / f"{house}.house", house, truth, rooms)
-    _write_mapping(scans / "metadata" / "category_mapping.tsv", rows)
+        write_conf(hdir / "undistorted_camera_parameters" / f"{house}.conf", conf_groups)
+        write_house_file(
+            hdir / "house_segmentations" / f"{house}.house",
+            house,
+            [v for v in truth.views.values() if v.house == house],
+            rooms,
+            rows,
+        )
+    write_mapping(scans / "metadata" / "category_mapping.tsv", rows)
     bench = scans / "tasks" / "benchmark"
     bench.mkdir(parents=True, exist_ok=True)
     for s, houses in split_lists.items():
@@ -233,11 +240,6 @@ def _vote(faces: np.ndarray, face_label: np.ndarray, n: int) -> np.ndarray:
     return (np.argmax(counts, axis=1) - 1).astype(np.int16)
 
 
-def _g6(x: float) -> float:
-    """The value as a six-significant-digit text reads back (tiny round-off becomes 0)."""
-    return 0.0 if abs(x) < 1e-9 else float(format(float(x), ".6g"))
-
-
 def _region_cameras(rng, room: Room, n_views: int, size: tuple[int, int], fov_deg: float):
     """Groups (K, [(pano, cam, yaw, c2w_gl)]) of one panorama camera each, as written."""
     width, height = size
@@ -261,8 +263,8 @@ def _region_cameras(rng, room: Room, n_views: int, size: tuple[int, int], fov_de
             fx = (width / 2.0) / np.tan(np.deg2rad(fov_deg) / 2.0) * (1.0 + 0.01 * cam)
             K = np.array(
                 [
-                    [_g6(fx), 0, _g6((width - 1) / 2 + 0.7 * (cam - 1))],
-                    [0, _g6(fx * 1.001), _g6((height - 1) / 2 - 0.4 * cam)],
+                    [g6(fx), 0, g6((width - 1) / 2 + 0.7 * (cam - 1))],
+                    [0, g6(fx * 1.001), g6((height - 1) / 2 - 0.4 * cam)],
                     [0, 0, 1],
                 ]
             )
@@ -271,7 +273,7 @@ def _region_cameras(rng, room: Room, n_views: int, size: tuple[int, int], fov_de
                 tilt, ang = np.deg2rad(CAM_TILT_DEG[cam]), np.deg2rad(60.0 * yaw + 15.0 * p)
                 pos = c + np.array([0.0, 0.0, 0.05 * (cam - 1)])
                 d = np.array([np.cos(tilt) * np.cos(ang), np.cos(tilt) * np.sin(ang), np.sin(tilt)])
-                c2w_gl = np.vectorize(_g6)(look_at(pos, pos + d) @ GL_TO_CV)
+                c2w_gl = np.vectorize(g6)(look_at(pos, pos + d) @ GL_TO_CV)
                 c2w_gl[3] = (0, 0, 0, 1)
                 scans.append((pano, cam, yaw, c2w_gl))
             groups.append((K, scans))
@@ -295,147 +297,3 @@ def _write_images(
             raw[rng.random(raw.shape) < dropout] = 0
             Image.fromarray(rgb).save(cdir / f"{pano}_i{cam}_{yaw}.jpg", quality=95)
             Image.fromarray(raw).save(ddir / f"{pano}_d{cam}_{yaw}.png")
-
-
-def _fmt(values) -> str:
-    return " ".join(format(float(v), ".6g") for v in values)
-
-
-def _write_conf(path: Path, groups) -> None:
-    n = sum(len(s) for _, s in groups)
-    lines = [
-        "dataset matterport",
-        f"n_images {n}",
-        "depth_directory undistorted_depth_images",
-        "color_directory undistorted_color_images",
-        "",
-    ]
-    for K, scans in groups:
-        k = K.ravel()
-        lines.append(f"intrinsics_matrix {_fmt(k[:3])}  {_fmt(k[3:6])}  {_fmt(k[6:])}")
-        for pano, cam, yaw, c2w_gl in scans:
-            rows = "  ".join(_fmt(r) for r in c2w_gl)
-            lines.append(f"scan {pano}_d{cam}_{yaw}.png {pano}_i{cam}_{yaw}.jpg  {rows}")
-        lines.append("")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
-
-
-_VERTEX_DTYPE = np.dtype(
-    [(n, "<f4") for n in ("x", "y", "z", "nx", "ny", "nz", "tx", "ty")]
-    + [(n, "u1") for n in ("red", "green", "blue")]
-)
-_FACE_DTYPE = np.dtype(
-    [
-        ("n", "u1"),
-        ("vertex_indices", "<i4", (3,)),
-        ("material_id", "<i4"),
-        ("segment_id", "<i4"),
-        ("category_id", "<i4"),
-    ]
-)
-
-
-def _write_region(folder: Path, k: int, mesh: RegionMesh) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    v = np.zeros(len(mesh.xyz), _VERTEX_DTYPE)
-    for i, n in enumerate(("x", "y", "z")):
-        v[n] = mesh.xyz[:, i]
-        v["n" + n] = mesh.normal[:, i]
-    v["tx"], v["ty"] = mesh.uv[:, 0], mesh.uv[:, 1]
-    v["red"], v["green"], v["blue"] = mesh.rgb.T
-    f = np.zeros(len(mesh.faces), _FACE_DTYPE)
-    f["n"] = 3
-    f["vertex_indices"] = mesh.faces
-    f["material_id"], f["segment_id"], f["category_id"] = mesh.material, mesh.segment, mesh.category
-    header = "\n".join(
-        ["ply", "format binary_little_endian 1.0", f"element vertex {len(v)}"]
-        + [
-            f"property {'float' if t.kind == 'f' else 'uchar'} {n}"
-            for n, (t, _) in _VERTEX_DTYPE.fields.items()
-        ]
-        + [
-            f"element face {len(f)}",
-            "property list uchar int vertex_indices",
-            "property int material_id",
-            "property int segment_id",
-            "property int category_id",
-            "end_header",
-        ]
-    )
-    with open(folder / f"region{k}.ply", "wb") as fh:
-        fh.write((header + "\n").encode("ascii"))
-        fh.write(v.tobytes())
-        fh.write(f.tobytes())
-    (folder / f"region{k}.fsegs.json").write_text(
-        json.dumps({"segIndices": mesh.material.tolist()})
-    )
-    vseg = np.full(len(mesh.xyz), -1, dtype=np.int64)
-    vseg[mesh.faces.ravel()] = np.repeat(mesh.material, 3)
-    (folder / f"region{k}.vsegs.json").write_text(json.dumps({"segIndices": vseg.tolist()}))
-    groups = []
-    for obj in np.unique(mesh.segment).tolist():
-        m = mesh.segment == obj
-        cat = int(mesh.category[m][0])
-        pts = mesh.xyz[np.unique(mesh.faces[m])]
-        groups.append(
-            {
-                "id": len(groups),
-                "objectId": obj,
-                "label": mesh.raw_label.get(cat, "unknown"),
-                "segments": np.unique(mesh.material[m]).tolist(),
-                "obb": {
-                    "centroid": ((pts.min(0) + pts.max(0)) / 2).tolist(),
-                    "axesLengths": (pts.max(0) - pts.min(0)).tolist(),
-                    "normalizedAxes": [1, 0, 0, 0, 1, 0, 0, 0, 1],
-                },
-            }
-        )
-    (folder / f"region{k}.semseg.json").write_text(json.dumps({"segGroups": groups}))
-
-
-def _write_house_file(path: Path, house: str, truth: MatterportTruth, rooms: list[Room]) -> None:
-    """A ``.house`` with H, L, R, I and C records (enough for tools that read regions/images)."""
-    views = [v for v in truth.views.values() if v.house == house]
-    lo = np.min([b.lo for r in rooms for b in r.boxes], axis=0)
-    hi = np.max([b.hi for r in rooms for b in r.boxes], axis=0)
-    zeros = "0 0 0 0 0"
-    out = [
-        "ASCII 1.1",
-        f"H {house} house {len(views)} {len({v.name[:32] for v in views})} 0 0 0 0 0 {len(rooms)} 0 1  {zeros}  "
-        f"{_fmt(lo)}  {_fmt(hi)}  {zeros}",
-        f"L 0 {len(rooms)} level  {_fmt((lo + hi) / 2)}  {_fmt(lo)}  {_fmt(hi)}  {zeros}",
-    ]
-    for k, r in enumerate(rooms):
-        rlo = np.min([b.lo for b in r.boxes], axis=0)
-        rhi = np.max([b.hi for b in r.boxes], axis=0)
-        out.append(
-            f"R {k} 0 0 0 b  {_fmt((rlo + rhi) / 2)}  {_fmt(rlo)}  {_fmt(rhi)}  "
-            f"{_g6(rhi[2] - rlo[2])}  0 0 0 0"
-        )
-    panos: dict[str, int] = {}
-    for i, v in enumerate(views):
-        pano, cam, yaw = v.name.rsplit("_", 2)
-        pi = panos.setdefault(pano, len(panos))
-        c2w_gl = v.c2w @ GL_TO_CV
-        out.append(
-            f"I {i} {pi}  {v.name}.jpg {cam[1:]} {yaw}  {_fmt(c2w_gl.ravel())}  "
-            f"{_fmt(v.K.ravel())}  {v.width} {v.height}  {_fmt(c2w_gl[:3, 3])}  {zeros}"
-        )
-    for i, (idx, raw, _) in enumerate(category_rows()):
-        out.append(f"C {i} {idx} {raw.replace(' ', '#')} 0 void  {zeros}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(out) + "\n")
-
-
-def _write_mapping(path: Path, rows: list[tuple[int, str, str]]) -> None:
-    """The real header and CRLF line ends; cells we have no value for are empty."""
-    lines = ["\t".join(MAPPING_HEADER)]
-    for idx, raw, nyu in rows:
-        cells = dict.fromkeys(MAPPING_HEADER, "")
-        cells.update(
-            index=str(idx), raw_category=raw, category=raw, count="1", nyu40id=nyu, nyu40class=raw
-        )
-        lines.append("\t".join(cells[c] for c in MAPPING_HEADER))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(("\r\n".join(lines) + "\r\n").encode("utf-8"))

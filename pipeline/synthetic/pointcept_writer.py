@@ -2,7 +2,8 @@
 
 Names and dtypes follow Pointcept's preprocessing: ``coord`` float32, ``color`` uint8,
 ``normal`` float32, and for ScanNet ``segment20`` int64 and ``instance`` int64, otherwise
-``segment`` int16; labels are train ids of the label set, -1 where a class is not in it.
+``segment`` int16 (shape (N, 1) for S3DIS, as its script writes it); labels are train ids of
+the label set, -1 where a class is not in it.
 """
 
 from __future__ import annotations
@@ -70,8 +71,9 @@ def write_pointcept_dataset(
             np.save(folder / "segment20.npy", label.astype(np.int64))
             inst = np.array([b.instance for b in room.boxes], dtype=np.int64)[box]
             np.save(folder / "instance.npy", inst)
-        else:
-            np.save(folder / f"{seg_name}.npy", label.astype(np.int16))
+        else:  # Pointcept's S3DIS script stacks per-object (n, 1) arrays: labels are (N, 1)
+            seg = label[:, None] if label_set == "s3dis13" else label
+            np.save(folder / f"{seg_name}.npy", seg.astype(np.int16))
         sid = f"{split}/{room.name}"
         truth.scenes[sid] = PointceptScene(sid, room, xyz, rgb, label, box)
     return truth

@@ -42,7 +42,8 @@ def test_segment_npy_needs_the_label_set(tmp_path: Path, label_set: str, dataset
         tmp_path, 1, split="Area_5", label_set=label_set, spacing=0.15, domain=TARGET
     )
     sid = next(iter(truth.scenes))
-    assert np.load(tmp_path / sid / "segment.npy").dtype == np.int16
+    seg = np.load(tmp_path / sid / "segment.npy")
+    assert seg.dtype == np.int16 and seg.ndim == (2 if label_set == "s3dis13" else 1)
     with pytest.raises(DatasetError, match="which classes"):
         pc.load_scene(tmp_path, sid)
     a = pc.load_scene(tmp_path, sid, label_set=label_set)

@@ -182,3 +182,22 @@ def test_real_semantic_labels(shared_data: Path) -> None:
     # a 2x2 semantic PNG: entry 1 (beam_10_hallway_6_1), missing 0x0D0D0D, beyond the table
     img = np.array([[[0, 0, 1], [13, 13, 13]], [[0, 0, 0], [255, 255, 255]]], dtype=np.uint8)
     np.testing.assert_array_equal(s3dis.decode_semantic_png(img, lut), [[3, -1], [-1, -1]])
+
+
+def test_data_card_matches_the_label_table() -> None:
+    from importlib import resources
+
+    from tttkd.pipeline.labels import shared_classes
+
+    card = resources.files("tttkd.data_cards").joinpath("s3dis.md").read_text("utf-8")
+    rows = [ln.split("|")[1:-1] for ln in card.splitlines() if ln.startswith("| ")]
+    classes = [[c.strip() for c in r] for r in rows if len(r) == 4 and r[0].strip().isdigit()]
+    ls = get_label_set("s3dis13")
+    assert [int(r[0]) for r in classes] == list(range(13))
+    assert tuple(r[1] for r in classes) == ls.class_names
+    assert [tuple(int(v) for v in r[3].split(",")) for r in classes] == list(ls.colors)
+    for r in classes:
+        for token in r[2].split(", "):
+            assert class_train_id(token) == int(r[0])
+    assert len(shared_classes("s3dis13", "scannet20")) == 8
+    assert len(shared_classes("s3dis13", "matterport21")) == 9

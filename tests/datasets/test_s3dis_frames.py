@@ -234,6 +234,8 @@ def test_bad_frames_raise_clear_errors(data: S3DISGroundTruth, tmp_path: Path) -
 
     root, _ = _copy_one_room(data, tmp_path / "d")
     (root / ALIGNED_DIR / "Area_1" / "Area_1_alignmentAngle.txt").unlink()
+    assert len(s3dis.load_scene(root, sid).frames) == n  # v1.2's copy of the file is used
+    (root / "Stanford3dDataset_v1.2" / "Area_1" / "Area_1_alignmentAngle.txt").unlink()
     with pytest.raises(DatasetError, match="alignment angles"):
         s3dis.load_scene(root, sid)
     assert len(s3dis.load_scene(root, sid, version="raw").frames) == n

@@ -12,7 +12,9 @@ import pytest
 from PIL import Image
 
 from tttkd.pipeline.datasets import scannet
+from tttkd.pipeline.datasets.scannet_frames import REAL_COLOR_SIZE, calibration_size, read_matrix
 from tttkd.pipeline.errors import DatasetError
+from tttkd.pipeline.scene import scale_intrinsics
 from tttkd.pipeline.synthetic.domain import Domain
 from tttkd.pipeline.synthetic.scannet_writer import write_scannet_dataset
 
@@ -200,3 +202,19 @@ def test_reading_never_modifies_the_dataset(root) -> None:
     [(f.load_color(), f.load_depth()) for f in s.frames]
     assert _tree_digest(root) == before
     assert sorted(str(p) for p in root.rglob("*") if p.is_dir()) == dirs_before
+
+
+def test_calibration_size_without_the_scene_txt(root) -> None:
+    (root / "scans" / SID / f"{SID}.txt").unlink()
+    _raises(lambda: _load(root, frames="25k"), SID, "intrinsics_color.txt", "color_calib_size")
+    frames = _load(root, frames="25k", color_calib_size=(64, 48)).frames
+    np.testing.assert_allclose(frames[0].K, scale_intrinsics(_K_64x48(root), 64, 48, 32, 24))
+    # real ScanNet numbers: cx ~ 648 identifies the 1296x968 sensor behind a 640x480 image
+    K = np.array([[1170.19, 0, 647.75], [0, 1170.19, 483.75], [0, 0, 1]])
+    for stored in ((640, 480), (1296, 968)):
+        calib = calibration_size(K, stored, None, REAL_COLOR_SIZE, file="k", scene="s")
+        assert calib == (1296, 968)
+
+
+def _K_64x48(root: Path) -> np.ndarray:
+    return read_matrix(root / "scans" / SID / "intrinsic" / "intrinsic_color.txt", SID)[:3, :3]

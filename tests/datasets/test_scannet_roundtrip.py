@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from tttkd.pipeline.datasets import scannet
+from tttkd.pipeline.datasets.scannet_sens import read_sens_index
 from tttkd.pipeline.scene import project
 from tttkd.pipeline.synthetic.domain import Domain
 from tttkd.pipeline.synthetic.render import Camera, render
@@ -157,3 +158,22 @@ def test_written_alignment_is_a_real_transform(dataset) -> None:
     assert truths["scene0707_00"].axis_alignment is None
     a = truths["scene0000_00"].axis_alignment
     assert not np.allclose(a[:3, :3], np.eye(3)) and np.abs(a[:3, 3]).max() > 0
+
+
+def test_sens_layout_matches_the_format_reference(dataset) -> None:
+    root, truths = dataset
+    path = root / "scans" / "scene0000_00" / "scene0000_00.sens"
+    idx = read_sens_index(path)
+    name_len = len(idx.sensor_name)
+    assert idx.color_offset[0] == 296 + name_len + 8 + 96  # header, num_frames, frame header
+    assert (idx.color_compression, idx.depth_compression) == ("jpeg", "zlib_ushort")
+    sizes = (idx.color_width, idx.color_height, idx.depth_width, idx.depth_height)
+    assert sizes == (162, 121, 80, 60)
+    assert idx.depth_shift == 1000.0 and idx.num_frames == 4 * STEP
+    finite = np.isfinite(idx.camera_to_world).all((1, 2))
+    assert (~finite).nonzero()[0].tolist() == list(range(STEP, 2 * STEP))
+    # after the last frame: a uint64 IMU count of 0 and nothing else
+    end = int(idx.depth_offset[-1] + idx.depth_length[-1])
+    assert path.stat().st_size == end + 8 and path.read_bytes()[end:] == bytes(8)
+    meta = scannet.read_meta(path.with_suffix(".txt"), "scene0000_00")
+    assert list(meta) == sorted(meta) and meta["numColorFrames"] == str(4 * STEP + 1)

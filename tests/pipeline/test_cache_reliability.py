@@ -151,3 +151,37 @@ def test_image_subset_touches_only_its_feature_chunks(tmp_path):
         cache.read_scene("s")
     sub = cache.read_scene("s", images=[2, 0])
     np.testing.assert_array_equal(sub.features, rec.features[[2, 0]])
+
+
+def test_sigkill_mid_write_leaves_only_complete_or_refused_scenes(tmp_path):
+    import os
+    import signal
+    import time
+
+    url = str(tmp_path / "feats.zarr")
+    Cache.create(url, synthetic_meta())
+    ids = [f"scene{i:02d}" for i in range(20)]
+    proc = multiprocessing.get_context("spawn").Process(
+        target=write_synthetic_scenes, args=(url, ids)
+    )
+    proc.start()
+    cache = Cache.open(url)
+    deadline = time.monotonic() + 60
+    while len(cache.scene_ids()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join(10)
+    done = cache.scene_ids()
+    assert len(done) >= 3
+    report = cache.verify()
+    assert all(report[s] == [] for s in done)  # everything marked complete is whole
+    for sid in set(report) - set(done):  # at most the scene being written when killed
+        assert report[sid] and not cache.is_complete(sid)
+        with pytest.raises(CacheError, match="incomplete"):
+            cache.read_scene(sid)
+    rest = [s for s in ids if s not in done]
+    for i, sid in enumerate(ids):  # a rerun: skip complete, redo the rest
+        if sid in rest:
+            cache.write_scene(synthetic_record(sid, seed=i, n_images=6))
+    assert cache.scene_ids() == ids
+    assert all(not p for p in cache.verify().values())

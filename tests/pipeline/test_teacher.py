@@ -239,3 +239,14 @@ def test_noise_demo_follows_content_hash_not_content():
     torch.testing.assert_close(a.norm(dim=-1), torch.ones(1, 8, 12))
     cosine = (a * b).sum(-1).mean().item()
     assert abs(cosine) < 0.1  # unrelated, though the images are nearly identical
+
+
+def test_teacher_survives_pickling():
+    """Dask ships objects between processes; the DINOv2 position override must travel too."""
+    import pickle
+
+    teacher = load_teacher("test_vit_tiny_reg", image_size=56)
+    copy = pickle.loads(pickle.dumps(teacher))
+    assert copy.module.vit._pos_embed.args[0] is copy.module.vit
+    images = _images(1, 56, 70)  # 4x5 grid: not the native 4x4, so the override runs
+    assert torch.equal(copy.encode(images), teacher.encode(images))

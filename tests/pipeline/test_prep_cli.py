@@ -1,0 +1,120 @@
+"""``tttkd-prep``: command structure, dry run, prep + inspect + verify, refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tttkd.cli.prep import cli
+from tttkd.pipeline.cache import Cache
+
+TINY = ["--teacher", "test_vit_tiny", "--image-size", "28", "--frames", "25k", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    from tttkd.pipeline.synthetic.domain import Domain
+    from tttkd.pipeline.synthetic.scannet_writer import write_scannet_dataset
+
+    root = tmp_path_factory.mktemp("scannet_cli")
+    write_scannet_dataset(
+        root,
+        2,
+        frames=("25k",),
+        splits=["train", "val"],
+        image_size=(64, 48),
+        views_per_scene=2,
+        domain=Domain(spacing=0.08),
+    )
+    return root
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_structure_lists_datasets_and_tools():
+    r = invoke("--help")
+    assert r.exit_code == 0
+    for name in ("scannet", "s3dis", "matterport3d", "pointcept", "inspect", "verify"):
+        assert name in r.output
+    r = invoke("scannet", "--help")
+    assert "--frames" in r.output and "--voxel-size" in r.output and "--scheduler" in r.output
+    assert "--images-root" in invoke("s3dis", "--help").output
+    assert "--frames" not in invoke("matterport3d", "--help").output
+
+
+def test_dry_run_counts_and_estimates_without_writing(root, tmp_path):
+    out = tmp_path / "feats.zarr"
+    r = invoke("scannet", "--root", root, "--out", out, "--dry-run", *TINY)
+    assert r.exit_code == 0, r.output
+    assert "2 scenes, 0 complete already, 2 to prepare" in r.output
+    assert "estimated cache size" in r.output and "MiB" in r.output
+    assert not out.exists() and not Path(str(out) + ".failures.json").exists()
+
+
+def test_prep_then_inspect_and_verify(root, tmp_path):
+    out = tmp_path / "feats.zarr"
+    r = invoke("scannet", "--root", root, "--out", out, "--split", "train", *TINY)
+    assert r.exit_code == 0, r.output
+    assert "done 1, failed 0, skipped 0" in r.output
+    r = invoke("scannet", "--root", root, "--out", out, *TINY)  # adds the val scene
+    assert r.exit_code == 0 and "done 1, failed 0, skipped 1" in r.output
+    r = invoke("inspect", out)
+    assert r.exit_code == 0 and "train" in r.output and "val" in r.output
+    assert "test_vit_tiny" in r.output
+    summary = json.loads(invoke("inspect", out, "--json").output)
+    assert summary["scenes_per_split"] == {"train": 1, "val": 1}
+    assert summary["totals"]["correspondences"] > 0
+    r = invoke("verify", out)
+    assert r.exit_code == 0 and "verified 2 scenes: 2 ok, 0 with problems" in r.output
+
+
+def test_verify_fails_on_an_incomplete_scene(root, tmp_path):
+    import zarr
+
+    out = tmp_path / "feats.zarr"
+    assert invoke("scannet", "--root", root, "--out", out, *TINY).exit_code == 0
+    zarr.open_group(str(out), path="scenes/scene0001_00", mode="r+").attrs["complete"] = False
+    r = invoke("verify", out)
+    assert r.exit_code == 1 and "scene0001_00: incomplete" in r.output
+
+
+def test_conflicting_rerun_is_refused_unless_overwrite(root, tmp_path):
+    out = tmp_path / "feats.zarr"
+    args = ["scannet", "--root", root, "--out", out, "--scene", "scene0000_00", *TINY]
+    assert invoke(*args).exit_code == 0
+    r = invoke(*args, "--voxel-size", "0.05")
+    assert r.exit_code == 1 and "voxel_size" in r.output and "--overwrite" in r.output
+    r = invoke(*args, "--teacher", "test_vit_tiny_reg")
+    assert r.exit_code == 1 and "teacher" in r.output
+    r = invoke(*args, "--voxel-size", "0.05", "--overwrite")
+    assert r.exit_code == 0 and Cache.open(str(out)).meta.voxel_size == 0.05
+
+
+def test_points_only_needs_no_images_flag(root, tmp_path):
+    r = invoke("pointcept", "--root", root, "--out", tmp_path / "p.zarr", "--label-set", "scannet20")
+    assert r.exit_code == 1 and "needs posed images" in r.output and "--no-images" in r.output
+    out = tmp_path / "points.zarr"
+    r = invoke("scannet", "--root", root, "--out", out, "--no-images", "--no-progress")
+    assert r.exit_code == 0, r.output
+    cache = Cache.open(str(out), read_only=True)
+    assert cache.meta.image_policy == {"selection": "none", "no_images": True}
+    rec = cache.read_scene("scene0000_00")
+    assert rec.num_images == 0 and rec.num_corr == 0 and rec.num_points > 0
+    assert cache.verify() == {"scene0000_00": [], "scene0001_00": []}
+
+
+def test_usage_errors(root, tmp_path):
+    r = invoke("scannet", "--root", root, "--out", tmp_path / "x.zarr", "--workers", "2",
+               "--scheduler", "tcp://127.0.0.1:1")  # fmt: skip
+    assert r.exit_code == 2 and "not both" in r.output
+    r = invoke("scannet", "--root", root, "--out", tmp_path / "x.zarr", "-o", "novalue")
+    assert r.exit_code == 2 and "KEY=VALUE" in r.output
+    r = invoke("scannet", "--root", root, "--out", tmp_path / "x.zarr", "--scene", "scene9999_00", *TINY)
+    assert r.exit_code == 1 and "scene9999_00" in r.output
+    r = invoke("inspect", tmp_path / "nothing.zarr")
+    assert r.exit_code == 1 and "no tttkd cache" in r.output
