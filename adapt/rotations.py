@@ -22,15 +22,15 @@ def rotation_angles(rotations: int) -> list[float]:
 
 
 def rotate_about_up(xyz: np.ndarray, angle: float) -> np.ndarray:
-    """``xyz`` float32 ``[N, 3]`` turned by ``angle`` about +Z through the box centre.
+    """``xyz`` ``[N, 3]`` turned by ``angle`` about +Z through the box centre, as float64.
 
-    Angle 0 returns ``xyz`` itself (no float round trip), so the identity view is bitwise
+    Angle 0 returns the points unchanged (no arithmetic), so the identity view is exactly
     the cached scene.
     """
     if angle == 0.0:
-        return xyz
+        return np.asarray(xyz, dtype=np.float64)
     c, s = math.cos(angle), math.sin(angle)
     rot = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
     pts = xyz.astype(np.float64)
     centre = 0.5 * (pts.min(0) + pts.max(0)) if len(pts) else np.zeros(3)
-    return ((pts - centre) @ rot.T + centre).astype(np.float32)
+    return (pts - centre) @ rot.T + centre

@@ -70,7 +70,14 @@ READER_OPTIONS: dict[str, list[tuple[tuple[str, ...], str, dict]]] = {
         (("--splits-dir",), "splits_dir", dict(type=_PATH)),
         (("--flip-cy/--no-flip-cy",), "flip_cy", dict(default=None)),
     ],
-    "pointcept": [],
+    "pointcept": [
+        (
+            ("--segment-file",),
+            "segment_file",
+            dict(help="label file name (default: segment20.npy, then segment.npy)"),
+        ),
+        (("--allow-unlabeled/--no-allow-unlabeled",), "allow_unlabeled", dict(default=None)),
+    ],
 }
 
 
@@ -105,7 +112,8 @@ def _common(f: Callable) -> Callable:
             "--workers",
             type=click.IntRange(min=1),
             default=None,
-            help="local Dask cluster of N worker processes (default: serial)",
+            help="local Dask cluster of N worker processes x 1 thread (default: serial, "
+            "one process with one torch thread)",
         ),
         click.option(
             "--scheduler", default=None, help="an existing Dask scheduler, tcp://host:8786"

@@ -23,7 +23,7 @@ __all__ = ["Batch", "Sample", "collate"]
 
 @dataclass
 class Sample:
-    """One scene: ``coords`` int32 ``[N, 3]`` voxel indices (no batch column), ``feats`` ``[N, C]``."""
+    """One scene: ``coords`` int32 ``[N, 3]`` voxel indices (no batch column), ``feats`` [N, C]."""
 
     coords: Tensor
     feats: Tensor

@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -30,6 +31,7 @@ __all__ = [
     "MEConversion",
     "convert_me_state_dict",
     "me_kernel_permutation",
+    "read_me_state_dict",
     "segkdnet_from_me",
 ]
 
@@ -129,6 +131,30 @@ def convert_me_state_dict(state_dict: Mapping[str, Tensor]) -> MEConversion:
         counter = key[: -len("running_mean")] + "num_batches_tracked"
         backbone.setdefault(counter, torch.tensor(0, dtype=torch.int64))
     return MEConversion(backbone, head, _infer_arch(backbone))
+
+
+def read_me_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """The state dict inside a ME-ecosystem checkpoint file (``torch.load``, weights only).
+
+    Accepts a bare state dict or a training checkpoint holding one under ``state_dict``
+    (SpatioTemporalSegmentation, Pointcept) or ``model``.
+    """
+    path = Path(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle errors have many types
+        raise ValueError(
+            f"cannot read {path} as weights only ({err}); re-save just its state_dict with "
+            "torch.save(ckpt['state_dict'], 'weights.pth') in the environment that wrote it"
+        ) from err
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise ValueError(f"{path} holds no state dict of tensors")
+    return obj
 
 
 def _load_strict(module: MinkUNet | torch.nn.Module, state: dict[str, Tensor], what: str) -> None:

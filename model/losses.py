@@ -39,11 +39,16 @@ def segmentation_loss(
 
 
 def sample_teacher(maps: list[Tensor], corr_image: Tensor, corr_uv: Tensor) -> Tensor:
-    """Bilinear samples ``[M, D]`` (float32) of ``maps[corr_image[m]]`` ``[h, w, D]`` at ``corr_uv[m]``."""
+    """Bilinear samples ``[M, D]`` (float32) of ``maps[corr_image[m]]`` at ``corr_uv[m]``."""
     m = corr_image.shape[0]
     if m == 0:
         dim = maps[0].shape[-1] if maps else 0
         return torch.zeros((0, dim), dtype=torch.float32, device=corr_uv.device)
+    if int(corr_image.min()) < 0 or int(corr_image.max()) >= len(maps):
+        raise ValueError(
+            f"corr_image holds image indices {int(corr_image.min())}..{int(corr_image.max())} "
+            f"but there are {len(maps)} teacher maps"
+        )
     dim = maps[0].shape[-1]
     out = torch.empty((m, dim), dtype=torch.float32, device=corr_uv.device)
     order = torch.argsort(corr_image, stable=True)

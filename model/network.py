@@ -57,7 +57,7 @@ class SegKDNet(nn.Module):
         backbone: MinkUNet,
         num_classes: int,
         teacher_dim: int,
-        kd_head: KDHeadConfig = KDHeadConfig(),  # noqa: B008 (frozen dataclass)
+        kd_head: KDHeadConfig = KDHeadConfig(),
     ):
         super().__init__()
         self.backbone = backbone
@@ -82,9 +82,7 @@ class SegKDNet(nn.Module):
         ctx = coords if isinstance(coords, SparseContext) else self.context(coords)
         return self.backbone(SparseTensor.from_context(feats, ctx)).feats
 
-    def forward(
-        self, batch: Batch, context: SparseContext | None = None
-    ) -> tuple[Tensor, Tensor]:
+    def forward(self, batch: Batch, context: SparseContext | None = None) -> tuple[Tensor, Tensor]:
         """``(logits [N, classes], kd_pred [N, teacher_dim])`` for every voxel of ``batch``."""
         f = self.features(batch.feats, context if context is not None else batch.coords)
         return self.seg_head(f), self.kd_head(f)

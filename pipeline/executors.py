@@ -10,6 +10,7 @@ every worker).
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
@@ -117,6 +118,9 @@ class DaskExecutor:
             n = len(self.client.scheduler_info().get("workers", {}))
             self.echo(f"dask: connected to {self.scheduler} ({n} workers)")
         else:
+            if self.dashboard and importlib.util.find_spec("bokeh") is None:
+                self.echo("dask dashboard unavailable: it needs bokeh (pip install bokeh)")
+                self.dashboard = False
             self.cluster = LocalCluster(
                 n_workers=self.n_workers,
                 threads_per_worker=1,

@@ -65,10 +65,14 @@ class PrepConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
     def load_options(self) -> dict:
-        """Options for the reader's ``load_scene``: with ``no_images``, frames are not read."""
+        """Options for the reader's ``load_scene``: with ``no_images``, frames are not read;
+        a reader that must be told the label set (Pointcept layout) gets ``label_set``."""
+        info = dataset_info(self.dataset)
         opts = dict(self.reader_options)
         if self.no_images:
-            opts.update(dataset_info(self.dataset).points_only)
+            opts.update(info.points_only)
+        if info.label_set_option and self.label_set:
+            opts.setdefault(info.label_set_option, self.label_set)
         return opts
 
     def image_policy(self) -> ImagePolicy:

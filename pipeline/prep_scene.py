@@ -7,7 +7,8 @@ own scene group (the cache marks it complete last); every failure comes back as 
 
 Frames: each selected frame's colour and depth are read, its correspondences computed, and
 only frames that see at least one point are encoded by the teacher (a frame that sees
-nothing, or whose files are unreadable, is dropped and recorded with its reason). Images
+nothing, or whose files are unreadable, is dropped and recorded with its reason; no other
+frame is drawn in its place, so the recorded selection stays the policy's draw). Images
 of a size other than the scene's first frame are resized to it before encoding: the
 teacher's grid covers the whole image either way, so ``uv`` (mapped with each image's own
 size) stays exact.
@@ -33,7 +34,6 @@ from tttkd.pipeline.plan import SceneJob
 from tttkd.pipeline.voxelize import voxelize
 
 _TEACHERS: dict[tuple, Any] = {}
-_CACHES: dict[tuple, Any] = {}
 _BUILDS = {"teacher": 0}  # teachers built by this process (reported, and tested to stay 1)
 
 
@@ -79,13 +79,10 @@ def get_teacher(job: SceneJob) -> Any:
 
 
 def _cache(job: SceneJob) -> Any:
+    """Opened per scene (a few ms): a cache rebuilt with --overwrite is never seen stale."""
     from tttkd.pipeline.cache import Cache
 
-    c = job.config
-    key = (c.out, repr(c.storage_options))
-    if key not in _CACHES:
-        _CACHES[key] = Cache.open(c.out, storage_options=c.storage_options)
-    return _CACHES[key]
+    return Cache.open(job.config.out, storage_options=job.config.storage_options)
 
 
 def _check_teacher(job: SceneJob, teacher: Any) -> None:
@@ -128,7 +125,7 @@ def _images_part(job: SceneJob, scene: Any, xyz: np.ndarray, timing: dict) -> di
     kept, points, uvs = [], [], []
     features = None
     ref_hw = grid_hw = None
-    t_corr = t_teach = 0.0
+    t_load = t_corr = t_teach = 0.0
     for start in range(0, len(sel.frames), teacher.batch_size):
         batch = []
         for f in sel.frames[start : start + teacher.batch_size]:
@@ -139,6 +136,8 @@ def _images_part(job: SceneJob, scene: Any, xyz: np.ndarray, timing: dict) -> di
             except TttkdError as e:
                 dropped.append((f.name, f"unreadable: {getattr(e, 'problem', e)}"))
                 continue
+            t_load += time.perf_counter() - t0
+            t0 = time.perf_counter()
             depth_K = None if depth is None else f.depth_intrinsics(depth.shape[1], depth.shape[0])
             view = View(f.K, f.c2w, f.width, f.height, depth=depth, depth_K=depth_K)
             idx, uv = frame_correspondences(xyz, view, ccfg)
@@ -163,7 +162,7 @@ def _images_part(job: SceneJob, scene: Any, xyz: np.ndarray, timing: dict) -> di
             n0 = len(kept) - len(batch)
             features[n0 : len(kept)] = out.astype(np.float16)
             t_teach += time.perf_counter() - t0
-    timing.update(correspond=t_corr, teacher=t_teach)
+    timing.update(load_images=t_load, correspond=t_corr, teacher=t_teach)
     blind = [n for n, r in dropped if r == _BLIND]
     if not kept and len(blind) == len(sel.frames):
         raise SceneFailure(
@@ -177,8 +176,6 @@ def _images_part(job: SceneJob, scene: Any, xyz: np.ndarray, timing: dict) -> di
             f"({'; '.join(f'{n}: {r}' for n, r in dropped[:3])})"
         )
     counts = np.array([len(p) for p in points], dtype=np.int64)
-    if counts.sum() == 0:  # unreachable (frames without pairs are dropped); kept as a guard
-        raise SceneFailure("zero correspondences")
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     frames_info = sel.to_dict()
     frames_info.update(selected=[f.name for f in kept], dropped=[list(d) for d in dropped])

@@ -173,7 +173,11 @@ def dry_run(config: PrepConfig, echo: Callable[[str], None] = print, sample: int
 
     check_images(config)
     try:
-        complete = set(Cache.open(config.out, read_only=True).scene_ids())
+        complete = set(
+            Cache.open(
+                config.out, read_only=True, storage_options=config.storage_options
+            ).scene_ids()
+        )
     except CacheError:
         complete = set()
     plan = list_and_plan(config, complete if not config.overwrite else set(), None, "")
@@ -261,7 +265,7 @@ def run_prep(
         _TEACHERS.clear()  # workers build their own; the driver's copy would only hold memory
     report = RunReport(planned=len(plan.jobs), skipped=list(plan.skipped))
     report.failures_path = failures_url(config.out)
-    bar = _progress(len(plan.jobs), len(plan.skipped), progress)
+    bar = _progress(len(plan.jobs), len(plan.skipped), progress, echo)
     try:
         with executor:
             for res in executor.run(prep_scene, plan.jobs):
@@ -317,17 +321,18 @@ def _save_failures(report: RunReport, config: PrepConfig, run_id: str) -> None:
 
 
 class _NoBar:
+    def __init__(self, echo: Callable[[str], None]) -> None:
+        self.write = echo
+
     def update(self, n: int) -> None: ...
     def set_postfix(self, **kw: Any) -> None: ...
-    def write(self, s: str) -> None:
-        print(s)
 
     def close(self) -> None: ...
 
 
-def _progress(total: int, skipped: int, enabled: bool) -> Any:
+def _progress(total: int, skipped: int, enabled: bool, echo: Callable[[str], None]) -> Any:
     if not enabled:
-        return _NoBar()
+        return _NoBar(echo)
     from tqdm import tqdm
 
     bar = tqdm(total=total, unit="scene", dynamic_ncols=True)

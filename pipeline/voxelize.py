@@ -8,8 +8,10 @@ Choices (documented once, here):
 
 * Voxel of a point: ``floor(xyz / voxel_size)`` computed in float64 (no origin shift, so the
   same point always falls in the same voxel whatever else is in the scene).
-* Representative: the point nearest the voxel centre; ties go to the lowest original index.
-  Its xyz and rgb are kept unchanged (no averaging), so a voxel point is a real measurement.
+* Representative: the point nearest the voxel centre, by the float64 squared distance in
+  voxel units, ``sum((xyz / voxel_size - grid - 0.5) ** 2)``; ties (e.g. duplicate points)
+  go to the lowest original index. Its xyz and rgb are kept unchanged (no averaging), so a
+  voxel point is a real measurement.
 * Label: by default the representative's own label (consistent with its position and colour).
   ``label_mode="majority"`` instead takes the most frequent label among the voxel's labelled
   points (ties -> smaller train id; a voxel whose points are all ignored stays ignored).
@@ -58,12 +60,13 @@ def _check_xyz(xyz: np.ndarray, voxel_size: float) -> np.ndarray:
     return xyz
 
 
-def _grid_columns(xyz: np.ndarray, voxel_size: float) -> list[np.ndarray]:
+def _scaled_columns(xyz: np.ndarray, voxel_size: float) -> list[np.ndarray]:
     # one column at a time: (P, 3) row-wise arithmetic is several times slower in numpy
-    return [
-        np.floor(xyz[:, a].astype(np.float64) / float(voxel_size)).astype(np.int64)
-        for a in range(3)
-    ]
+    return [xyz[:, a].astype(np.float64) / float(voxel_size) for a in range(3)]
+
+
+def _grid_columns(xyz: np.ndarray, voxel_size: float) -> list[np.ndarray]:
+    return [np.floor(q).astype(np.int64) for q in _scaled_columns(xyz, voxel_size)]
 
 
 def grid_coordinates(xyz: np.ndarray, voxel_size: float) -> np.ndarray:
@@ -106,7 +109,8 @@ def voxelize(
             counts=np.zeros(0, dtype=np.int32),
             label=None if label is None else np.zeros(0, dtype=np.int16),
         )
-    cols = _grid_columns(xyz, voxel_size)
+    scaled = _scaled_columns(xyz, voxel_size)
+    cols = [np.floor(q).astype(np.int64) for q in scaled]
     key = _linear_keys(cols)
     order = np.argsort(key)  # any sort: ties inside a voxel are resolved explicitly below
     sorted_key = key[order]
@@ -119,10 +123,11 @@ def voxelize(
     voxel_of_point[order] = voxel_sorted
     counts = np.diff(np.append(starts, p)).astype(np.int32)
 
-    # squared distance to the voxel centre; its minimum per voxel; lowest index among minima
+    # squared distance to the voxel centre (voxel units); its minimum per voxel; the lowest
+    # index among the minima
     d2 = np.zeros(p, dtype=np.float64)
-    for a in range(3):
-        d = xyz[:, a].astype(np.float64) - (cols[a] + 0.5) * float(voxel_size)
+    for q, g in zip(scaled, cols):
+        d = q - g - 0.5
         d2 += d * d
     d2 = d2[order]
     d2_min = np.minimum.reduceat(d2, starts)

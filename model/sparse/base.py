@@ -38,7 +38,8 @@ Kernel offsets and the convolution sum
 Kernel maps
     A :class:`SparseContext` is built once per batch of coordinates and shared by every
     :class:`SparseTensor` of one forward pass; backends cache their kernel maps (or native
-    objects) in :meth:`SparseContext.cached`, keyed by e.g. ``("subm", stride, kernel)``.
+    objects) in :meth:`SparseContext.cached`, keyed by tuples that start with the backend's
+    name, e.g. ``("torch", "subm", stride, kernel)``.
     Test-time training runs ~100 forward/backward passes on the same coordinates: build the
     context once and pass it to every forward, and no map is rebuilt.
 
@@ -79,7 +80,7 @@ BACKEND_NAMES: tuple[str, ...] = ("torch", "spconv", "minkowski")
 
 INSTALL_HINTS: dict[str, str] = {
     "torch": "nothing to install (pure PyTorch)",
-    "spconv": "pip install spconv  (CPU wheel; on GPU: pip install spconv-cu12x, e.g. spconv-cu121)",
+    "spconv": "pip install spconv  (CPU; on GPU the CUDA wheel instead, e.g. spconv-cu121)",
     "minkowski": "scripts/build_minkowski.sh  (builds MinkowskiEngine 0.5.4 from source, ~5 min)",
 }
 
@@ -187,7 +188,7 @@ class SparseContext:
         return self._coords[stride]
 
     def parent(self, stride: int) -> Tensor:
-        """int64 ``[N_{stride/2}]``: row of each stride/2 coordinate's cell in the ``stride`` set."""
+        """int64 ``[N_{stride/2}]``: row of each stride/2 voxel's cell in the ``stride`` set."""
         if stride not in self._parents:
             self._downsample(stride)
         return self._parents[stride]
@@ -214,7 +215,7 @@ class SparseContext:
         self._cache.clear()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SparseTensor:
     """Features on one coordinate set of a shared :class:`SparseContext`.
 

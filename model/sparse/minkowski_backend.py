@@ -23,7 +23,15 @@ from torch import Tensor
 
 from tttkd.model.sparse.base import SparseContext, SparseTensor, coords_key
 
-__all__ = ["MinkowskiBackend", "import_me", "make_backend", "me_kernel_order"]
+__all__ = [
+    "MinkowskiBackend",
+    "from_me_weight",
+    "import_me",
+    "import_me_backend",
+    "make_backend",
+    "me_kernel_order",
+    "to_me_weight",
+]
 
 # Coordinates are shifted by a multiple of this so ME sees non-negative ones (no question of
 # how it rounds negative coordinates when striding); strides up to this value are supported.

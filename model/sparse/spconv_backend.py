@@ -30,7 +30,7 @@ from torch import Tensor
 
 from tttkd.model.sparse.base import SparseContext, SparseTensor, coords_key
 
-__all__ = ["SpconvBackend", "cpu_guard", "make_backend", "to_spconv_weight"]
+__all__ = ["SpconvBackend", "cpu_guard", "from_spconv_weight", "make_backend", "to_spconv_weight"]
 
 _GUARD_LOCK = threading.RLock()
 

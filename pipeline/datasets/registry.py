@@ -25,6 +25,7 @@ class DatasetInfo:
     label_set: str | None  # data_cards label set; None = the user must say (--label-set)
     default_max_images: int | None  # None = every frame the reader gives (ScanNet 25k subset)
     points_only: tuple[tuple[str, Any], ...] = ()  # reader options that skip frames entirely
+    label_set_option: str | None = None  # reader option that receives --label-set, if any
 
 
 _MOD = "tttkd.pipeline.datasets."
@@ -36,7 +37,9 @@ DATASETS: dict[str, DatasetInfo] = {
     "matterport3d": DatasetInfo(
         "matterport3d", _MOD + "matterport3d", True, "matterport21", 50, (("frames", False),)
     ),
-    "pointcept": DatasetInfo("pointcept", _MOD + "pointcept", False, None, 50),
+    "pointcept": DatasetInfo(
+        "pointcept", _MOD + "pointcept", False, None, 50, label_set_option="label_set"
+    ),
 }
 
 

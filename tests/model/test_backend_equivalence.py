@@ -36,8 +36,15 @@ def _close(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
 
 
 # (kernel, stride, transposed, input stride)
-OPS = [(3, 1, False, 1), (5, 1, False, 1), (3, 1, False, 2), (2, 2, False, 1),
-       (2, 2, False, 2), (2, 2, True, 2), (2, 2, True, 4)]
+OPS = [
+    (3, 1, False, 1),
+    (5, 1, False, 1),
+    (3, 1, False, 2),
+    (2, 2, False, 1),
+    (2, 2, False, 2),
+    (2, 2, True, 2),
+    (2, 2, True, 4),
+]
 
 
 @pytest.mark.parametrize("name", OTHERS)

@@ -31,8 +31,13 @@ def _trained_net() -> SegKDNet:
 
 def _save(tmp_path, net, **kw):
     path = tmp_path / "ckpt.safetensors"
-    args = dict(label_set="s3dis13", class_names=CLASSES, teacher_spec=SPEC,
-                config={"lr": 0.005, "voxel_size": 0.04}, backend="torch")
+    args = dict(
+        label_set="s3dis13",
+        class_names=CLASSES,
+        teacher_spec=SPEC,
+        config={"lr": 0.005, "voxel_size": 0.04},
+        backend="torch",
+    )
     args.update(kw)
     save_checkpoint(path, net, **args)
     return path
@@ -46,8 +51,9 @@ def test_round_trip_predicts_the_same_on_every_backend(tmp_path, backend):
     feats = torch.randn(coords.shape[0], 3)
     with torch.no_grad():
         ref = net.predict(feats, coords)
-    loaded, info = load_checkpoint(path, backend=backend, expect_class_names=CLASSES,
-                                   expect_teacher_dim=16)
+    loaded, info = load_checkpoint(
+        path, backend=backend, expect_class_names=CLASSES, expect_teacher_dim=16
+    )
     assert info.backend == "torch" and loaded.backend == backend
     assert info.class_names == CLASSES and info.teacher_spec == SPEC
     assert info.config == {"lr": 0.005, "voxel_size": 0.04} and info.label_set == "s3dis13"
@@ -74,8 +80,8 @@ def test_mismatches_are_clear_errors(tmp_path):
 
 
 def test_weights_that_do_not_fit_the_metadata_fail_strictly(tmp_path):
-    from safetensors.torch import load_file, save_file
     from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
 
     path = _save(tmp_path, _trained_net())
     with safe_open(str(path), framework="pt") as f:

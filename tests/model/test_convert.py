@@ -10,7 +10,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tttkd.model.convert import convert_me_state_dict, me_kernel_permutation, segkdnet_from_me
+from tttkd.model.convert import (
+    convert_me_state_dict,
+    me_kernel_permutation,
+    read_me_state_dict,
+    segkdnet_from_me,
+)
 from tttkd.model.sparse.base import SparseContext, SparseTensor, kernel_offsets
 from tttkd.model.sparse.testing import random_coords
 
@@ -91,8 +96,9 @@ def test_converted_stem_computes_the_me_convolution():
     coords = random_coords(60, 5, seed=1)
     feats = torch.randn(coords.shape[0], 3, dtype=torch.float64)
     ctx = SparseContext(coords)
-    got = ctx.backend.conv(SparseTensor.from_context(feats, ctx), ours, kernel_size=3, stride=1,
-                           transposed=False).feats
+    got = ctx.backend.conv(
+        SparseTensor.from_context(feats, ctx), ours, kernel_size=3, stride=1, transposed=False
+    ).feats
     row = {tuple(c.tolist()): i for i, c in enumerate(coords)}
     ref = torch.zeros(coords.shape[0], w_me.shape[2], dtype=torch.float64)
     for i, c in enumerate(coords.tolist()):
@@ -106,8 +112,10 @@ def test_converted_stem_computes_the_me_convolution():
 
 @pytest.mark.parametrize(
     "layers,planes,stem",
-    [((2, 3, 4, 6, 2, 2, 2, 2), (8, 8, 16, 16, 16, 8, 8, 8), 5),  # 34C depths, thin
-     ((1,) * 8, (8, 16, 16, 16, 16, 16, 12, 12), 3)],
+    [
+        ((2, 3, 4, 6, 2, 2, 2, 2), (8, 8, 16, 16, 16, 8, 8, 8), 5),  # 34C depths, thin
+        ((1,) * 8, (8, 16, 16, 16, 16, 16, 12, 12), 3),
+    ],
 )
 def test_me_state_dict_converts_and_loads_strictly(layers, planes, stem):
     sd = me_state_dict(layers, planes, stem=stem, classes=4)
@@ -141,3 +149,16 @@ def test_conversion_errors_are_clear():
         segkdnet_from_me(broken, teacher_dim=4)
     with pytest.raises(ValueError, match="need 1..8"):
         convert_me_state_dict({"conv0p1s1.kernel": torch.zeros(27, 3, 8)})
+
+
+def test_read_me_checkpoint_file(tmp_path):
+    sd = me_state_dict((1,) * 8, (8,) * 8, stem=3)
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"epoch": 3, "state_dict": sd, "best_metric": 0.7}, path)
+    loaded = read_me_state_dict(path)
+    assert loaded.keys() == sd.keys()
+    assert segkdnet_from_me(loaded, teacher_dim=4).num_classes == 4
+    bad = tmp_path / "bad.pth"
+    torch.save({"epoch": 3}, bad)
+    with pytest.raises(ValueError, match="no state dict"):
+        read_me_state_dict(bad)

@@ -67,8 +67,12 @@ def test_sample_teacher_many_images_half_precision():
         fmap = maps[int(img[m])].float()
         h, w, _ = fmap.shape
         g = torch.stack([(uv[m, 0] + 0.5) / w * 2 - 1, (uv[m, 1] + 0.5) / h * 2 - 1])
-        ref = F.grid_sample(fmap.permute(2, 0, 1)[None], g.view(1, 1, 1, 2),
-                            align_corners=False, padding_mode="border")[0, :, 0, 0]
+        ref = F.grid_sample(
+            fmap.permute(2, 0, 1)[None],
+            g.view(1, 1, 1, 2),
+            align_corners=False,
+            padding_mode="border",
+        )[0, :, 0, 0]
         torch.testing.assert_close(got[m], ref, rtol=1e-5, atol=1e-5)
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tttkd.model.sparse import torch_backend
 from tttkd.model.sparse.base import (
     INSTALL_HINTS,
     BackendUnavailableError,
@@ -65,13 +66,22 @@ def test_kernel_offsets_order():
     assert kernel_offsets(2).tolist()[:3] == [[0, 0, 0], [0, 0, 1], [0, 1, 0]]
 
 
+@pytest.fixture(params=["dense-table", "binary-search"])
+def lookup(request, monkeypatch):
+    """Run a test with both neighbour-lookup strategies of the torch backend."""
+    if request.param == "binary-search":
+        monkeypatch.setattr(torch_backend, "DENSE_TABLE_CELLS", 0)
+    return request.param
+
+
 @pytest.mark.parametrize("k", [1, 3, 5])
-def test_submanifold_matches_dense_conv3d(scene, k):
+def test_submanifold_matches_dense_conv3d(scene, k, lookup):
     coords, feats = scene
     ctx = SparseContext(coords, "torch")
     w = torch.randn(k**3, 3, 4, dtype=torch.float64, requires_grad=True)
-    out = ctx.backend.conv(SparseTensor.from_context(feats, ctx), w, kernel_size=k, stride=1,
-                           transposed=False)
+    out = ctx.backend.conv(
+        SparseTensor.from_context(feats, ctx), w, kernel_size=k, stride=1, transposed=False
+    )
     dense = F.conv3d(_dense(coords, feats, 1, 2), _dense_weight(w, k), padding=k // 2)
     ref = _gather(dense, coords, 1)
     torch.testing.assert_close(out.feats, ref)
@@ -79,7 +89,7 @@ def test_submanifold_matches_dense_conv3d(scene, k):
     torch.testing.assert_close(a, b)
 
 
-def test_strided_and_transposed_match_dense(scene):
+def test_strided_and_transposed_match_dense(scene, lookup):
     coords, feats = scene
     ctx = SparseContext(coords, "torch")
     x = SparseTensor.from_context(feats, ctx)
@@ -102,7 +112,7 @@ def test_strided_and_transposed_match_dense(scene):
     torch.testing.assert_close(a, b)
 
 
-def test_strided_at_stride_two_and_odd_kernel(scene):
+def test_strided_at_stride_two_and_odd_kernel(scene, lookup):
     """Conv from stride 2 to 4 with k3: dense conv on the stride-2 grid, padding 1."""
     coords, feats = scene
     ctx = SparseContext(coords, "torch")
@@ -157,7 +167,7 @@ def test_context_canonical_sets_and_cache_reuse(scene):
     assert torch.equal(out1, out3)
 
 
-def test_negative_coordinates_match_shifted():
+def test_negative_coordinates_match_shifted(lookup):
     """Floor semantics: shifting every coordinate by a multiple of 4 changes nothing."""
     coords = random_coords(200, 8, seed=5, low=-4)
     feats = torch.randn(coords.shape[0], 2, dtype=torch.float64)

@@ -148,7 +148,7 @@ def test_depth_pairs_are_visible_points_at_their_true_pixel(gt, depth_res):
         view = View(K, C2W, W, H, depth=render_depth(C2W, Kd, W // 2, H // 2), depth_K=Kd)
     idx, uv = frame_correspondences(XYZ, view)
     assert len(idx) > 0 and (np.diff(idx) > 0).all()
-    np.testing.assert_allclose(uv, gt["uv"][idx], atol=1e-6)
+    np.testing.assert_allclose(uv, gt["uv"][idx], atol=1e-3)  # float32 arithmetic
     assert gt["inside"][idx].all()
     # every returned point is visible (hidden by less than the tolerance at most; the pixel
     # centre's depth differs slightly from the point's own ray on slanted surfaces), except
@@ -175,7 +175,7 @@ def test_missing_depth_drops_pairs(gt):
 def test_zbuffer_without_depth(gt):
     cfg = CorrespondConfig(point_spacing=0.05)
     idx, uv = frame_correspondences(XYZ, View(K, C2W, W, H), cfg)
-    np.testing.assert_allclose(uv, gt["uv"][idx], atol=1e-6)
+    np.testing.assert_allclose(uv, gt["uv"][idx], atol=1e-3)  # float32 arithmetic
     assert gt["occ"][idx].mean() < 0.02
     assert np.isin(np.flatnonzero(gt["occ"]), idx).mean() < 0.03
     clear = gt["vis"] & ~gt["edge"]

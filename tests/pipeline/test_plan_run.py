@@ -41,7 +41,9 @@ def test_plan_skips_complete_keeps_order_and_carries_config():
     c = cfg(voxel_size=0.05)
     p = make_plan(c, ["s2", "s0", "s1"], {"s0"}, teacher_spec={"name": "t"}, run_id="r1")
     assert p.scene_ids == ["s2", "s1"] and p.skipped == ["s0"]
-    assert all(j.config is c and j.teacher_spec == {"name": "t"} and j.run_id == "r1" for j in p.jobs)
+    assert all(
+        j.config is c and j.teacher_spec == {"name": "t"} and j.run_id == "r1" for j in p.jobs
+    )
     assert make_plan(c, [], set()).jobs == []
 
 
@@ -163,6 +165,7 @@ def test_serial_cache_is_verified_and_matches_the_rendered_truth(dataset, serial
     cache = Cache.open(str(serial_cache), read_only=True)
     assert cache.verify() == {s: [] for s in _FIRST4}
     assert cache.meta.teacher["name"] == "test_vit_tiny" and cache.meta.voxel_size == 0.04
+    n_hidden = 0
     for sid in _FIRST4:
         rec, truth = cache.read_scene(sid), truths[sid]
         vox = voxelize(truth.xyz, 0.04)
@@ -170,7 +173,9 @@ def test_serial_cache_is_verified_and_matches_the_rendered_truth(dataset, serial
         np.testing.assert_array_equal(rec.voxel_of_point, vox.voxel_of_point)
         np.testing.assert_array_equal(rec.full_label, truth.label)
         frames = {f.name: f for f in truth.frames if f.valid}
-        assert rec.image_names == sorted(frames) and rec.attrs["frames"]["available"] == 3  # reader skips -inf poses
+        assert (
+            rec.image_names == sorted(frames) and rec.attrs["frames"]["available"] == 3
+        )  # reader skips -inf poses
         h, w = rec.features.shape[1:3]
         agree = total = 0
         for i, name in enumerate(rec.image_names):
@@ -193,21 +198,66 @@ def test_serial_cache_is_verified_and_matches_the_rendered_truth(dataset, serial
             d = np.full(len(all_z), np.inf)
             d[inside] = f.depth_mm[jv[inside], ju[inside]] / 1000.0
             hidden = inside & (d > 0) & (all_z - d > 1.2 * (0.05 + 0.1 * d))  # beyond tolerance
-            assert hidden.sum() > 0 or i > 0
+            n_hidden += hidden.sum()
             assert not np.isin(np.flatnonzero(hidden), pts).any()
+        print("AGREE", agree / total)
         assert total > 0 and agree / total > 0.85
+    print("HIDDEN", n_hidden)
+    assert n_hidden > 100  # the scenes do exercise occlusion
 
 
-def test_dask_local_cluster_gives_identical_cache(dataset, serial_cache, tmp_path):
+@pytest.fixture(scope="module")
+def other_datasets(tmp_path_factory) -> dict[str, dict]:
+    """Small exact-format S3DIS (+ 2D-3D-S) and Matterport3D roots, with reader options."""
+    from tttkd.pipeline.synthetic.matterport_writer import write_matterport_dataset
+    from tttkd.pipeline.synthetic.s3dis_writer import write_s3dis_dataset
+
+    s3 = tmp_path_factory.mktemp("s3dis")
+    write_s3dis_dataset(s3, rooms_per_area=1, image_size=48, views_per_room=2)
+    mp = tmp_path_factory.mktemp("matterport")
+    write_matterport_dataset(mp, 1, regions_per_house=2, image_size=(48, 40), views_per_region=3)
+    return {
+        "s3dis": dict(root=s3 / "Stanford3dDataset_v1.2", reader_options={"images_root": str(s3)}),
+        "matterport3d": dict(root=mp, reader_options={}),
+    }
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+@pytest.mark.slow
+def test_two_local_workers_equal_serial_on_all_three_datasets(
+    dataset, serial_cache, other_datasets, tmp_path
+):
     root, _ = dataset
-    out = tmp_path / "dask.zarr"
-    with_dask = DaskExecutor(2, memory_limit="2GB", echo=lambda s: None)
-    report = run_prep(prep_config(root, out, scenes=_FIRST4), with_dask, progress=False)
-    assert report.exit_code == 0 and sorted(report.done) == list(_FIRST4)
-    # one teacher per worker process, reused across that worker's scenes
-    assert {r.teacher_builds for r in report.results} == {1}
-    assert os.getpid() not in {r.pid for r in report.results}
-    assert_same_contents(contents(serial_cache), contents(out))
+    jobs = {"scannet": (prep_config(root, tmp_path / "scannet.zarr", scenes=_FIRST4), serial_cache)}
+    for name, d in other_datasets.items():
+        kw = dict(TINY, reader_options=d["reader_options"])
+        serial = PrepConfig(
+            dataset=name, root=str(d["root"]), out=str(tmp_path / f"{name}_s.zarr"), **kw
+        )
+        assert run_prep(serial, progress=False).exit_code == 0
+        par = PrepConfig(
+            dataset=name, root=str(d["root"]), out=str(tmp_path / f"{name}.zarr"), **kw
+        )
+        jobs[name] = (par, Path(serial.out))
+    with DaskExecutor(2, memory_limit="2GB", echo=lambda s: None) as ex:  # one cluster for all
+        for name, (config, reference) in jobs.items():
+            report = run_prep(config, ex, progress=False)
+            assert report.exit_code == 0 and report.done, (name, report.failed)
+            # one teacher per worker process, reused across that worker's scenes
+            assert {r.teacher_builds for r in report.results} == {1}
+            assert os.getpid() not in {r.pid for r in report.results}
+            cache = Cache.open(config.out, read_only=True)
+            assert cache.verify() == {s: [] for s in cache.scene_ids()}
+            assert (
+                sum(cache.scene_info(s)["counts"]["correspondences"] for s in cache.scene_ids()) > 0
+            )
+            assert_same_contents(contents(reference), contents(Path(config.out)))
+        assert set(ex.client.run(_torch_threads).values()) == {1}  # the worker plugin ran
 
 
 def test_rerun_skips_complete_and_redoes_incomplete(dataset, serial_cache, tmp_path):
@@ -221,7 +271,11 @@ def test_rerun_skips_complete_and_redoes_incomplete(dataset, serial_cache, tmp_p
     group = zarr.open_group(str(out), path="scenes/scene0002_00", mode="r+")
     group.attrs["complete"] = False
     report = run_prep(prep_config(root, out, scenes=_FIRST4), progress=False)
-    assert report.done == ["scene0002_00"] and sorted(report.skipped) == ["scene0000_00", "scene0001_00", "scene0003_00"]
+    assert report.done == ["scene0002_00"] and sorted(report.skipped) == [
+        "scene0000_00",
+        "scene0001_00",
+        "scene0003_00",
+    ]
     cache = Cache.open(str(out), read_only=True)
     after = {s: cache.scene_info(s)["info"]["run"] for s in _FIRST4}
     assert after["scene0002_00"] != before["scene0002_00"]

@@ -96,7 +96,9 @@ def test_conflicting_rerun_is_refused_unless_overwrite(root, tmp_path):
 
 
 def test_points_only_needs_no_images_flag(root, tmp_path):
-    r = invoke("pointcept", "--root", root, "--out", tmp_path / "p.zarr", "--label-set", "scannet20")
+    r = invoke(
+        "pointcept", "--root", root, "--out", tmp_path / "p.zarr", "--label-set", "scannet20"
+    )
     assert r.exit_code == 1 and "needs posed images" in r.output and "--no-images" in r.output
     out = tmp_path / "points.zarr"
     r = invoke("scannet", "--root", root, "--out", out, "--no-images", "--no-progress")
@@ -114,7 +116,47 @@ def test_usage_errors(root, tmp_path):
     assert r.exit_code == 2 and "not both" in r.output
     r = invoke("scannet", "--root", root, "--out", tmp_path / "x.zarr", "-o", "novalue")
     assert r.exit_code == 2 and "KEY=VALUE" in r.output
-    r = invoke("scannet", "--root", root, "--out", tmp_path / "x.zarr", "--scene", "scene9999_00", *TINY)
+    r = invoke(
+        "scannet", "--root", root, "--out", tmp_path / "x.zarr", "--scene", "scene9999_00", *TINY
+    )
     assert r.exit_code == 1 and "scene9999_00" in r.output
     r = invoke("inspect", tmp_path / "nothing.zarr")
     assert r.exit_code == 1 and "no tttkd cache" in r.output
+
+
+def test_lossy_pca_codec_fits_a_basis_and_reports_fidelity(root, tmp_path):
+    out = tmp_path / "pca.zarr"
+    r = invoke("scannet", "--root", root, "--out", out, "--feature-codec", "pca8", *TINY)
+    assert r.exit_code == 0 and "pca: 8 components fitted" in r.output, r.output
+    cache = Cache.open(str(out), read_only=True)
+    assert cache.pca is not None and cache.pca.k == 8
+    assert cache.read_scene("scene0000_00").features.shape[-1] == 32  # decoded to D
+    cosine = cache.summary()["feature_cosine"]
+    assert 0.5 < cosine <= 1.0
+    assert "feature cosine vs raw" in invoke("inspect", out).output
+
+
+def test_pointcept_layout_points_only(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for split, scene in (("train", "scene0000_00"), ("val", "scene0011_00")):
+        d = tmp_path / "pc" / split / scene
+        d.mkdir(parents=True)
+        np.save(d / "coord.npy", (rng.random((4000, 3)) * 3).astype(np.float32))
+        np.save(d / "color.npy", rng.integers(0, 256, (4000, 3)).astype(np.uint8))
+        np.save(d / "segment20.npy", rng.integers(-1, 20, 4000).astype(np.int64))
+    out = tmp_path / "pc.zarr"
+    args = ["pointcept", "--root", tmp_path / "pc", "--out", out, "--no-progress"]
+    r = invoke(*args)
+    assert r.exit_code == 1 and "--no-images" in r.output
+    r = invoke(*args, "--no-images")
+    assert r.exit_code == 1 and "--label-set" in r.output
+    r = invoke(*args, "--no-images", "--label-set", "scannet20")
+    assert r.exit_code == 0, r.output
+    cache = Cache.open(str(out), read_only=True)
+    assert cache.scene_ids() == ["train/scene0000_00", "val/scene0011_00"]
+    assert cache.meta.label_set == "scannet20" and len(cache.meta.class_names) == 20
+    rec = cache.read_scene("val/scene0011_00")
+    assert rec.split == "val" and rec.num_images == 0 and len(rec.voxel_of_point) == 4000
+    assert invoke("verify", out).exit_code == 0

@@ -15,14 +15,14 @@ from tttkd.pipeline.voxelize import voxelize, voxelize_unique_baseline
 
 def brute_force(xyz: np.ndarray, vs: float, label: np.ndarray):
     """Per voxel (dict keyed by grid tuple): point indices, nearest-centre point, majority."""
-    grid = np.floor(xyz.astype(np.float64) / vs).astype(np.int64)
+    q = xyz.astype(np.float64) / vs
+    grid = np.floor(q).astype(np.int64)
     groups: dict[tuple, list[int]] = {}
     for i, g in enumerate(map(tuple, grid)):
         groups.setdefault(g, []).append(i)
     out = {}
     for g, idx in groups.items():
-        centre = (np.array(g) + 0.5) * vs
-        d2 = ((xyz[idx].astype(np.float64) - centre) ** 2).sum(1)
+        d2 = ((q[idx] - np.array(g) - 0.5) ** 2).sum(1)  # voxel units, as documented
         rep = idx[int(np.flatnonzero(d2 == d2.min())[0])]  # idx ascending: lowest index wins
         counts = Counter(int(label[i]) for i in idx if label[i] != -1)
         if counts:
@@ -88,7 +88,9 @@ def test_same_partition_as_np_unique_baseline():
 
 
 def test_duplicates_tie_to_lowest_index_and_dtypes():
-    xyz = np.array([[0.01, 0.01, 0.01], [0.02, 0.02, 0.02], [0.02, 0.02, 0.02], [0.5, 0.5, 0.5]], np.float32)
+    xyz = np.array(
+        [[0.01, 0.01, 0.01], [0.02, 0.02, 0.02], [0.02, 0.02, 0.02], [0.5, 0.5, 0.5]], np.float32
+    )
     lab = np.array([1, 2, 3, -1], np.int16)
     v = voxelize(xyz, 0.04, label=lab)
     assert v.keep.tolist() == [1, 3]  # nearest to centre (0.02, 0.02, 0.02), lowest index

@@ -1,0 +1,196 @@
+"""``tttkd-adapt sweep``: the supplementary's Figure 1 ablations as PNG panels + one CSV.
+
+Panels (each a sweep over one option, every point a full ``run_adaptation``):
+``steps`` (a) TTT-KD mIoU gain vs steps; ``images`` (b) mIoU vs images per scene;
+``teacher`` (c) source vs TTT-KD per (cache, checkpoint) pair, one pair per teacher;
+``stride`` (d) TTT-KD-O mIoU and scenes/s vs stride; ``momentum`` (e) mIoU vs steps, one
+curve per momentum. ``source`` is run once per cache (no swept option changes it). Every
+point keeps its own results.json under ``runs/``.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tttkd.adapt.config import AdaptConfig, AdaptConfigError
+from tttkd.adapt.report import write_json
+from tttkd.adapt.runner import run_adaptation
+
+__all__ = ["SWEEPS", "SweepPoint", "TeacherPair", "plot_sweeps", "run_sweeps", "write_sweep_csv"]
+
+SWEEPS: tuple[str, ...] = ("steps", "images", "teacher", "stride", "momentum")
+DEFAULT_VALUES: dict[str, tuple[float, ...]] = {
+    "steps": (1, 5, 10, 50, 100, 200),
+    "images": (1, 2, 5, 10, 20, 50),
+    "stride": (1, 2, 5, 10),
+    "momentum": (0.0, 0.9),
+}
+
+
+@dataclass(frozen=True)
+class TeacherPair:
+    """One teacher for panel (c): its cache and the checkpoint trained with it."""
+
+    name: str
+    cache: str
+    checkpoint: str
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One row of sweep.csv."""
+
+    sweep: str
+    value: float | str
+    method: str
+    miou: float | None
+    accuracy: float | None
+    scenes_per_s: float | None
+    ms_per_step: float | None
+    momentum: float | None = None
+    steps: int | None = None
+    teacher: str = ""
+
+
+def _points(sweep: str, value: Any, result: dict, cfg: AdaptConfig, teacher: str) -> list[SweepPoint]:
+    out = []
+    for name, res in result["methods"].items():
+        t = res["timing"]
+        out.append(
+            SweepPoint(sweep, value, name, res["overall"]["miou"], res["overall"]["accuracy"],
+                       t["scenes_per_s"], t["ms_per_step"], cfg.momentum, cfg.steps, teacher)
+        )
+    return out
+
+
+def run_sweeps(
+    base: AdaptConfig,
+    cache: str,
+    checkpoint: str,
+    out: str | Path,
+    sweeps: Sequence[str],
+    *,
+    values: dict[str, Sequence[float]] | None = None,
+    momentum_steps: Sequence[int] = (10, 50, 100),
+    teachers: Sequence[TeacherPair] = (),
+    echo: Callable[[str], None] = print,
+    progress: bool = False,
+) -> list[SweepPoint]:
+    """Run the requested sweeps; writes ``runs/<sweep>_<value>/results.json`` per point."""
+    out = Path(out)
+    values = {**DEFAULT_VALUES, **(values or {})}
+    unknown = [s for s in sweeps if s not in SWEEPS]
+    if unknown:
+        raise AdaptConfigError(f"unknown sweep(s) {unknown}; choose from {', '.join(SWEEPS)}")
+    if "teacher" in sweeps and not teachers:
+        raise AdaptConfigError("the teacher sweep needs --teacher NAME=CACHE::CHECKPOINT pairs")
+    rows: list[SweepPoint] = []
+
+    def run(tag: str, cfg: AdaptConfig, c: str = cache, ck: str = checkpoint) -> dict:
+        echo(f"sweep {tag}: {', '.join(cfg.methods)}")
+        res = run_adaptation(cfg, c, ck, echo=echo, progress=progress).to_dict()
+        folder = out / "runs" / tag
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(res, folder / "results.json")
+        return res
+
+    source = None
+    if any(s in sweeps for s in ("steps", "images", "stride", "momentum")):
+        src_cfg = base.with_(methods=("source",))
+        source = run("source", src_cfg)
+        rows += _points("source", "-", source, src_cfg, "")
+    for sweep in sweeps:
+        if sweep == "teacher":
+            for pair in teachers:
+                cfg = base.with_(methods=("source", "ttt-kd"))
+                res = run(f"teacher_{pair.name}", cfg, pair.cache, pair.checkpoint)
+                rows += _points("teacher", pair.name, res, cfg, pair.name)
+            continue
+        if sweep == "momentum":
+            for mom in values["momentum"]:
+                for steps in momentum_steps:
+                    cfg = base.with_(methods=("ttt-kd",), momentum=float(mom), steps=int(steps))
+                    res = run(f"momentum_{mom:g}_steps_{steps}", cfg)
+                    rows += _points("momentum", float(mom), res, cfg, "")
+            continue
+        for v in values[sweep]:
+            if sweep == "steps":
+                cfg = base.with_(methods=("ttt-kd",), steps=int(v))
+            elif sweep == "images":
+                cfg = base.with_(methods=("ttt-kd",), max_images=int(v))
+            else:  # stride
+                cfg = base.with_(methods=("ttt-kd-online",), stride=int(v))
+            res = run(f"{sweep}_{v:g}", cfg)
+            rows += _points(sweep, v, res, cfg, "")
+    write_sweep_csv(rows, out / "sweep.csv")
+    plot_sweeps(rows, out)
+    return rows
+
+
+def write_sweep_csv(rows: Sequence[SweepPoint], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = list(SweepPoint.__dataclass_fields__)
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(names)
+        for r in rows:
+            w.writerow([getattr(r, n) for n in names])
+
+
+def plot_sweeps(rows: Sequence[SweepPoint], out: Path) -> Path | None:
+    """``figure1.png``: one panel per sweep present in ``rows``; None when there is none."""
+    from tttkd.adapt.plots import pyplot
+
+    panels = [s for s in SWEEPS if any(r.sweep == s for r in rows)]
+    if not panels:
+        return None
+    plt = pyplot()
+    src = next((r.miou for r in rows if r.sweep == "source" and r.miou is not None), None)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    letters = dict(zip(SWEEPS, "abcde"))
+    for ax, sweep in zip(axes[0], panels):
+        pts = [r for r in rows if r.sweep == sweep]
+        ax.set_title(f"({letters[sweep]}) {sweep}")
+        if sweep == "teacher":
+            names = list(dict.fromkeys(r.value for r in pts))
+            for j, method in enumerate(("source", "ttt-kd")):
+                vals = [100 * next((r.miou or 0 for r in pts if r.value == n and r.method == method), 0)
+                        for n in names]
+                ax.bar([i + 0.4 * j for i in range(len(names))], vals, 0.4, label=method)
+            ax.set_xticks([i + 0.2 for i in range(len(names))], names)
+            ax.set_ylabel("mIoU (%)")
+            ax.legend(fontsize=8)
+        elif sweep == "momentum":
+            for mom in sorted({r.momentum for r in pts}):
+                line = sorted((r.steps, 100 * (r.miou or 0)) for r in pts if r.momentum == mom)
+                ax.plot(*zip(*line), marker="o", label=f"momentum {mom:g}")
+            ax.set_xlabel("TTT steps")
+            ax.set_ylabel("mIoU (%)")
+            ax.legend(fontsize=8)
+        else:
+            xs = [float(r.value) for r in pts]
+            ys = [100 * (r.miou or 0) for r in pts]
+            if sweep == "steps" and src is not None:
+                ys = [y - 100 * src for y in ys]
+                ax.set_ylabel("mIoU gain over source")
+            else:
+                ax.set_ylabel("mIoU (%)")
+                if src is not None:
+                    ax.axhline(100 * src, color="gray", ls="--", label="source")
+            ax.plot(xs, ys, marker="o", label="TTT-KD-O" if sweep == "stride" else "TTT-KD")
+            ax.set_xlabel({"steps": "TTT steps", "images": "images per scene",
+                           "stride": "stride (scenes per update)"}[sweep])
+            if sweep == "stride":
+                twin = ax.twinx()
+                twin.plot(xs, [r.scenes_per_s or 0 for r in pts], color="tab:orange", marker="s")
+                twin.set_ylabel("scenes / s", color="tab:orange")
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "figure1.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,114 @@
+"""The TTT-KD inner loop: SGD steps on ``L_2D`` for one view, ``psi_3D`` only.
+
+Shared by offline TTT-KD, online TTT-KD-O and the benchmark. Per step only the forward and
+backward of the network run: the sparse context (kernel maps) comes with the view and the
+teacher targets were sampled when the scene was loaded. ``rho_2D`` is applied only to the
+voxels that have a correspondence.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from tttkd.adapt.bn import bn_phase
+from tttkd.adapt.safety import Divergence, DivergenceGuard
+from tttkd.adapt.scenes import SceneData, View
+from tttkd.model.losses import distillation_loss_from_targets
+from tttkd.model.network import SegKDNet
+
+__all__ = ["StepLog", "kd_loss", "kd_optimizer", "predict_view", "run_kd_steps", "synchronize"]
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work so wall-clock step times mean something."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class StepLog:
+    """What happened during one view's TTT steps."""
+
+    losses: list[float] = field(default_factory=list)
+    step_ms: list[float] = field(default_factory=list)
+    divergence: Divergence | None = None
+
+    @property
+    def steps(self) -> int:
+        return len(self.step_ms)
+
+
+def kd_optimizer(net: SegKDNet, lr: float, momentum: float) -> torch.optim.SGD:
+    """SGD over ``psi_3D``; the heads are frozen (``requires_grad`` off)."""
+    net.set_trainable(psi_3d=True, rho_y=False, rho_2d=False)
+    return torch.optim.SGD(net.param_groups()["psi_3D"], lr=lr, momentum=momentum)
+
+
+def kd_loss(net: SegKDNet, scene: SceneData, view: View, kind: str = "cosine") -> Tensor:
+    """``L_2D`` of the view under the current weights (with a graph)."""
+    feats = net.features(view.feats, view.context)
+    pred = net.kd_head(feats[view.kd_rows])
+    return distillation_loss_from_targets(pred, scene.targets, view.kd_index, kind)
+
+
+def _grad_norm(params: list[nn.Parameter]) -> float:
+    grads = [p.grad.detach().flatten() for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    return float(torch.linalg.vector_norm(torch.cat(grads)))
+
+
+def run_kd_steps(
+    net: SegKDNet,
+    optimizer: torch.optim.Optimizer,
+    scene: SceneData,
+    view: View,
+    *,
+    steps: int,
+    bn_mode: str,
+    kind: str = "cosine",
+    guard: DivergenceGuard | None = None,
+) -> StepLog:
+    """Up to ``steps`` SGD steps; stops at the first divergence (weights are then suspect)."""
+    log = StepLog()
+    if steps == 0 or scene.num_pairs == 0:
+        return log
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    device = scene.device
+    with bn_phase(net, bn_mode, "step"):
+        for step in range(steps):
+            synchronize(device)
+            t0 = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            loss = kd_loss(net, scene, view, kind)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                log.divergence = guard.check(step, value) if guard else None
+                log.step_ms.append((time.perf_counter() - t0) * 1e3)
+                log.losses.append(value)
+                break
+            loss.backward()
+            grad_norm = _grad_norm(params) if guard else None
+            verdict = guard.check(step, value, grad_norm) if guard else None
+            if verdict is None:
+                optimizer.step()
+            synchronize(device)
+            log.step_ms.append((time.perf_counter() - t0) * 1e3)
+            log.losses.append(value)
+            if verdict is not None:
+                log.divergence = verdict
+                break
+    return log
+
+
+@torch.no_grad()
+def predict_view(net: SegKDNet, view: View, bn_mode: str = "eval") -> Tensor:
+    """Class logits per CACHED point (float32 ``[N_cached, C]``) for one view."""
+    with bn_phase(net, bn_mode, "predict"):
+        logits = net.predict(view.feats, view.context)
+    return logits.float()[view.row_of_point]

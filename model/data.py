@@ -1,0 +1,227 @@
+"""Training and validation items read from the teacher cache.
+
+One item = one scene (two under Mix3D): its points, labels and, for the distillation loss, a
+random subset of at most ``max_images`` of its images with their correspondences; only those
+images' feature chunks are read, never every image of the scene. After augmentation the
+points are voxelized again (``pipeline.voxelize``) and every point keeps its voxel row
+(``Sample.point_to_voxel``), so both losses are per point: the segmentation loss gathers the
+voxel logits of each point, and each pair's point is mapped to its voxel row.
+
+Randomness: an item is a pure function of ``(seed, epoch, index)`` (one numpy Generator per
+item), so DataLoader workers, their number and a resumed run all see the same data.
+The cache is opened lazily, once per worker process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from tttkd.model.augment import PointSet, augment, mix3d
+from tttkd.model.batch import Batch, Sample, collate
+from tttkd.model.config import AugmentConfig
+from tttkd.pipeline.errors import DatasetError
+
+__all__ = ["CacheSceneDataset", "Item", "TrainBatch", "collate_items", "rgb_to_features"]
+
+IN_CHANNELS = 3  # network input: RGB
+
+
+def rgb_to_features(rgb: np.ndarray) -> Tensor:
+    """float32 [N, 3] in [-1, 1] from 0..255 colours (the network's input features)."""
+    return torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 127.5 - 1.0)
+
+
+@dataclass
+class Item:
+    """One dataset item: ``sample.point_to_voxel[p]`` is the voxel row of point ``p``."""
+
+    sample: Sample
+    point_labels: Tensor  # int64 [P]
+    full_point: Tensor | None = None  # int64 [F]: point row of each full-resolution point
+    full_labels: Tensor | None = None  # int64 [F]
+
+
+@dataclass
+class TrainBatch:
+    """``batch`` (voxels; pairs already on voxel rows) + per-point labels and the full map."""
+
+    batch: Batch
+    point_labels: Tensor
+    full_point: Tensor | None = None  # rows into batch.point_to_voxel
+    full_labels: Tensor | None = None
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> TrainBatch:
+        out = {"batch": self.batch.to(device, non_blocking)}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, Tensor):
+                out[f.name] = v.to(device, non_blocking=non_blocking)
+        return replace(self, **out)
+
+
+def collate_items(items: Sequence[Item]) -> TrainBatch:
+    """Stack items; point rows and full-resolution maps shift by the running point counts."""
+    batch = collate([it.sample for it in items])
+    labels = torch.cat([it.point_labels for it in items])
+    full_point = full_labels = None
+    if all(it.full_point is not None for it in items):
+        starts = batch.point_offsets[:-1]
+        full_point = torch.cat([it.full_point + starts[b] for b, it in enumerate(items)])
+        full_labels = torch.cat([it.full_labels for it in items])
+    return TrainBatch(batch, labels, full_point, full_labels)
+
+
+def to_sample(ps: PointSet, voxel_size: float, *, with_corr: bool) -> tuple[Sample, Tensor]:
+    """Voxelize ``ps`` (one representative per voxel) and map every point and pair to it."""
+    from tttkd.pipeline.voxelize import voxelize
+
+    vox = voxelize(ps.xyz, voxel_size, label=ps.label)
+    p2v = vox.voxel_of_point.astype(np.int64)
+    sample = Sample(
+        coords=torch.from_numpy(vox.grid_coord.astype(np.int32)),
+        feats=rgb_to_features(ps.rgb[vox.keep]),
+        labels=torch.from_numpy(vox.label.astype(np.int64)),
+        point_to_voxel=torch.from_numpy(p2v),
+        scene_id=ps.scene_id,
+    )
+    if with_corr:
+        sample.teacher_maps = [torch.from_numpy(np.ascontiguousarray(m)) for m in ps.maps]
+        sample.corr_point = torch.from_numpy(p2v[ps.corr_point])
+        sample.corr_image = torch.from_numpy(ps.corr_image.astype(np.int64))
+        sample.corr_uv = torch.from_numpy(ps.corr_uv.astype(np.float32))
+        sample.__post_init__()  # check the pairs against the maps
+    return sample, torch.from_numpy(ps.label.astype(np.int64))
+
+
+class CacheSceneDataset(Dataset):
+    """The scenes of one split of a cache.
+
+    ``train=True``: augmentation, Mix3D and a random image subset per item (``with_images``).
+    ``train=False``: the points as stored (no images), plus the full-resolution map when
+    ``full_resolution``.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        split: str,
+        *,
+        voxel_size: float,
+        train: bool,
+        augment_cfg: AugmentConfig | None = None,
+        max_images: int = 8,
+        with_images: bool = True,
+        full_resolution: bool = False,
+        seed: int = 0,
+        scene_ids: Sequence[str] | None = None,
+        storage_options: dict | None = None,
+    ) -> None:
+        from tttkd.pipeline.cache import Cache
+
+        self.url = url
+        self.split = split
+        self.voxel_size = float(voxel_size)
+        self.train = train
+        self.augment_cfg = augment_cfg if train else None
+        self.max_images = max_images
+        self.with_images = with_images and train
+        self.full_resolution = full_resolution
+        self.seed = seed
+        self.epoch = 0
+        self.storage_options = storage_options
+        cache = Cache.open(url, read_only=True, storage_options=storage_options)
+        self.scene_ids = list(scene_ids) if scene_ids is not None else cache.scene_ids(split)
+        if not self.scene_ids:
+            splits = sorted({str(cache.scene_info(s).get("split")) for s in cache.scene_ids()})
+            raise DatasetError(
+                f"the cache has no complete scene in split {split!r} (it has: {splits})",
+                file=url,
+                fix="pick one of those splits (--set data.train_split=... / data.val_split=...)",
+            )
+        self._cache = None
+
+    def __getstate__(self) -> dict:  # workers reopen the cache themselves
+        state = dict(self.__dict__)
+        state["_cache"] = None
+        return state
+
+    @property
+    def cache(self):
+        if self._cache is None:
+            from tttkd.pipeline.cache import Cache
+
+            self._cache = Cache.open(self.url, read_only=True, storage_options=self.storage_options)
+        return self._cache
+
+    def __len__(self) -> int:
+        return len(self.scene_ids)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Items of ``epoch`` differ from other epochs' (call before iterating)."""
+        self.epoch = int(epoch)
+
+    def rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch, int(index)])
+
+    def read(self, index: int, rng: np.random.Generator) -> PointSet:
+        """Scene ``index`` as a PointSet, with a random image subset when training with images."""
+        sid = self.scene_ids[index]
+        if not self.with_images:
+            rec = self.cache.read_points(sid)
+            maps: list[np.ndarray] = []
+        else:
+            n_img = int(self.cache.scene_info(sid)["counts"]["images"])
+            k = n_img if self.max_images == 0 else min(self.max_images, n_img)
+            chosen = np.sort(rng.choice(n_img, size=k, replace=False)) if k else []
+            rec = self.cache.read_scene(sid, images=chosen, features=True)
+            maps = [rec.features[i] for i in range(len(rec.features))]
+        return PointSet(
+            xyz=rec.xyz.astype(np.float64),
+            rgb=rec.rgb.astype(np.float32),
+            label=rec.label.astype(np.int64),
+            corr_point=rec.corr_point.astype(np.int64),
+            corr_image=rec.corr_image.astype(np.int64),
+            corr_uv=rec.corr_uv.astype(np.float32),
+            maps=maps,
+            scene_id=sid,
+        )
+
+    def __getitem__(self, index: int) -> Item:
+        if not self.train:
+            return self._val_item(index)
+        rng = self.rng(index)
+        ps = self.read(index, rng)
+        cfg = self.augment_cfg
+        if cfg is not None and cfg.enabled:
+            ps = augment(ps, rng, cfg)
+            if len(self) > 1 and rng.random() < cfg.mix3d_p:
+                other = int(rng.integers(len(self) - 1))
+                other += other >= index  # any scene but this one
+                ps = mix3d(ps, augment(self.read(other, rng), rng, cfg))
+        sample, labels = to_sample(ps, self.voxel_size, with_corr=self.with_images)
+        return Item(sample, labels)
+
+    def _val_item(self, index: int) -> Item:
+        sid = self.scene_ids[index]
+        rec = self.cache.read_points(sid)
+        ps = PointSet(
+            xyz=rec.xyz.astype(np.float64),
+            rgb=rec.rgb.astype(np.float32),
+            label=rec.label.astype(np.int64),
+            corr_point=np.zeros(0, np.int64),
+            corr_image=np.zeros(0, np.int64),
+            corr_uv=np.zeros((0, 2), np.float32),
+            scene_id=sid,
+        )
+        sample, labels = to_sample(ps, self.voxel_size, with_corr=False)
+        item = Item(sample, labels)
+        if self.full_resolution:
+            item.full_point = torch.from_numpy(rec.voxel_of_point.astype(np.int64))
+            item.full_labels = torch.from_numpy(rec.full_label.astype(np.int64))
+        return item

@@ -1,0 +1,469 @@
+"""Joint training of ``psi_3D`` + ``rho_Y`` + ``rho_2D`` from the teacher cache (``tttkd-train``).
+
+``L = L_Y + kd_weight * L_2D`` per point (``--no-kd``: ``L_Y`` only, the Source-Only model
+with the same recipe); AdamW + OneCycleLR (one scheduler step per optimizer step); bf16
+autocast on CUDA; a checkpoint every epoch (``last.safetensors``, plus ``best.safetensors``
+by validation mIoU) and ``train_state.pt`` so that ``resume=True`` continues exactly
+(weights, optimizer, scheduler, RNG states, epoch). Under torchrun the same function runs
+DDP: a DistributedSampler shards the scenes, validation confusion matrices are summed over
+ranks, and only rank 0 writes files.
+
+Run folder::
+
+    config.yaml  log.jsonl  last.safetensors  best.safetensors  train_state.pt
+    epoch_NNNN.safetensors (runtime.keep_every > 0)  tensorboard/ (when installed)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from tttkd.model.checkpoint import save_checkpoint
+from tttkd.model.config import ConfigError, TrainConfig, config_diff, config_to_dict, save_config
+from tttkd.model.data import IN_CHANNELS, CacheSceneDataset, TrainBatch, collate_items
+from tttkd.model.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    convert_sparse_sync_bn,
+    init_distributed,
+)
+from tttkd.model.losses import distillation_loss_from_targets, sample_teacher, segmentation_loss
+from tttkd.model.minkunet import build_backbone
+from tttkd.model.network import KDHeadConfig, SegKDNet
+from tttkd.model.runlog import RunLog
+from tttkd.model.sparse.base import SparseContext, available_backends, get_backend
+from tttkd.model.train_state import load_train_state, restore_rng, save_train_state
+from tttkd.model.validate import validate
+
+__all__ = ["TrainResult", "build_network", "resolve_config", "train"]
+
+CONFIG_FILE = "config.yaml"
+STATE_FILE = "train_state.pt"
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    epochs_done: int
+    history: list[dict] = field(default_factory=list)  # the epoch records of this call
+    best: dict = field(default_factory=dict)
+
+
+def resolve_config(cfg: TrainConfig, meta) -> TrainConfig:
+    """Fill what the cache decides (voxel size) and check the recipe fits the cache."""
+    voxel = cfg.data.voxel_size if cfg.data.voxel_size is not None else meta.voxel_size
+    if voxel < meta.voxel_size * (1 - 1e-6):
+        raise ConfigError(
+            f"data.voxel_size {voxel} is finer than the cache's {meta.voxel_size}: the cache "
+            "holds one point per cache voxel, so there is nothing finer to train on; rebuild "
+            f"the cache with tttkd-prep --voxel-size {voxel}"
+        )
+    if cfg.loss.kd and meta.image_policy.get("no_images"):
+        raise ConfigError(
+            "the cache was built without images (tttkd-prep --no-images), so there is nothing "
+            "to distil: train Source-Only with --no-kd, or rebuild the cache with images"
+        )
+    return replace(cfg, data=replace(cfg.data, voxel_size=float(voxel)))
+
+
+def build_network(cfg: TrainConfig, num_classes: int, teacher_dim: int, backend: str) -> SegKDNet:
+    m = cfg.model
+    backbone = build_backbone(
+        m.arch,
+        in_channels=IN_CHANNELS,
+        stem_kernel=m.stem_kernel,
+        bn_momentum=m.bn_momentum,
+        backend=backend,
+    )
+    return SegKDNet(backbone, num_classes, teacher_dim, KDHeadConfig(m.kd_hidden, m.kd_norm))
+
+
+def _device(name: str, info: DistInfo) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("runtime.device is cuda but torch sees no CUDA device")
+        return torch.device("cuda", info.local_rank)
+    return torch.device(name)
+
+
+def _backend(name: str, device: torch.device) -> str:
+    if name == "auto":
+        if device.type != "cuda":
+            return "torch"  # spconv on CPU is wrong with > 1 thread (DESIGN.md)
+        return "spconv" if "spconv" in available_backends() else "torch"
+    get_backend(name)  # a missing library fails here, naming the install command
+    return name
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _prepare_out(out: Path, cfg: TrainConfig, resume: bool) -> None:
+    saved = out / CONFIG_FILE
+    if resume:
+        from tttkd.model.config import config_from_dict
+
+        if not saved.is_file() or not (out / STATE_FILE).is_file():
+            raise ConfigError(
+                f"{out} holds no run to resume ({CONFIG_FILE} / {STATE_FILE} missing); start "
+                "without --resume"
+            )
+        import yaml
+
+        old = config_from_dict(yaml.safe_load(saved.read_text()))
+        diffs = config_diff(old, cfg, ignore=("runtime",))
+        if diffs:
+            raise ConfigError(
+                "--resume continues the saved recipe, but the config differs:\n    "
+                + "\n    ".join(diffs)
+                + "\n  fix: drop those overrides (runtime.* may change), or train into a new --out"
+            )
+    elif saved.exists() or (out / STATE_FILE).exists():
+        raise ConfigError(
+            f"{out} already holds a run; pass --resume to continue it or choose another --out"
+        )
+
+
+def train(
+    cfg: TrainConfig,
+    cache_url: str,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    stop_after_epochs: int | None = None,
+    storage_options: dict | None = None,
+    echo: Callable[[str], None] = print,
+) -> TrainResult:
+    """Train (or resume) into ``out_dir``; ``stop_after_epochs`` ends this call early (the
+    schedule still spans ``cfg.epochs``; a later ``resume=True`` call continues it)."""
+    from tttkd.pipeline.cache import Cache
+
+    out = Path(out_dir)
+    info = init_distributed("cuda" if _device(cfg.runtime.device, DistInfo()).type == "cuda" else "cpu")
+    device = _device(cfg.runtime.device, info)
+    if device.type == "cpu" and info.enabled:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+    if cfg.model.sync_bn and info.enabled and device.type != "cuda":
+        raise ConfigError("model.sync_bn needs CUDA devices (torch's SyncBatchNorm has no CPU path)")
+    cache = Cache.open(cache_url, read_only=True, storage_options=storage_options)
+    meta = cache.meta
+    cfg = resolve_config(cfg, meta)
+    backend = _backend(cfg.runtime.backend, device)
+    if info.is_main:
+        _prepare_out(out, cfg, resume)
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / CONFIG_FILE)
+    if info.enabled:
+        import torch.distributed as dist
+
+        dist.barrier()  # rank 0 has checked the folder
+    log = RunLog(
+        out / "log.jsonl" if info.is_main else None,
+        tensorboard_dir=out / "tensorboard" if cfg.runtime.tensorboard else None,
+    )
+    if log.tensorboard_note and info.is_main:
+        echo(log.tensorboard_note)
+
+    _seed_all(cfg.seed)
+    class_names = list(meta.class_names)
+    teacher_dim = int(meta.teacher["dim"])
+    net = build_network(cfg, len(class_names), teacher_dim, backend)
+    if not cfg.loss.kd:  # Source-Only: rho_2D is not trained (and DDP must not wait for it)
+        net.set_trainable(psi_3d=True, rho_y=True, rho_2d=False)
+    state = None
+    if resume:
+        from safetensors.torch import load_file
+
+        net.load_state_dict(load_file(str(out / "last.safetensors")), strict=True)
+        state = load_train_state(out / STATE_FILE)
+    if cfg.model.sync_bn and info.enabled:
+        net = convert_sparse_sync_bn(net)
+    net.to(device)
+    model: nn.Module = net
+    if info.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        model = DDP(net, device_ids=[device.index] if device.type == "cuda" else None)
+
+    d = cfg.data
+    train_set = CacheSceneDataset(
+        cache_url,
+        d.train_split,
+        voxel_size=d.voxel_size,
+        train=True,
+        augment_cfg=cfg.augment,
+        max_images=d.max_images,
+        with_images=cfg.loss.kd,
+        seed=cfg.seed,
+        storage_options=storage_options,
+    )
+    val_set = None
+    if d.val_split is not None:
+        val_set = CacheSceneDataset(
+            cache_url,
+            d.val_split,
+            voxel_size=d.voxel_size,
+            train=False,
+            full_resolution=d.val_full_resolution,
+            storage_options=storage_options,
+        )
+    loader, sampler = _train_loader(train_set, cfg, info, device)
+    steps_per_epoch = len(loader)
+    params = [p for p in net.parameters() if p.requires_grad]
+    o = cfg.optim
+    optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=o.lr,
+        total_steps=cfg.epochs * steps_per_epoch,
+        pct_start=o.pct_start,
+        anneal_strategy=o.anneal_strategy,
+        div_factor=o.div_factor,
+        final_div_factor=o.final_div_factor,
+    )
+    start_epoch, global_step, best = 0, 0, {"miou": None, "epoch": None}
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, global_step, best = state["epoch"], state["global_step"], state["best"]
+        restore_rng(state["rng"])
+    if info.is_main:
+        log.write(
+            "start",
+            resume=resume,
+            start_epoch=start_epoch,
+            world_size=info.world_size,
+            device=str(device),
+            backend=backend,
+            scenes_train=len(train_set),
+            scenes_val=len(val_set) if val_set is not None else 0,
+            steps_per_epoch=steps_per_epoch,
+            params=sum(p.numel() for p in net.parameters()),
+            config=config_to_dict(cfg),
+        )
+    amp = cfg.runtime.amp and device.type == "cuda"
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if amp else None
+    history = []
+    end = cfg.epochs if stop_after_epochs is None else min(cfg.epochs, start_epoch + stop_after_epochs)
+    for epoch in range(start_epoch, end):
+        t0 = time.perf_counter()
+        sampler.set_epoch(epoch)
+        train_set.set_epoch(epoch)
+        stats, global_step = _train_epoch(
+            model, loader, optimizer, scheduler, params, cfg, backend, device, autocast, info,
+            log, epoch, global_step,
+        )  # fmt: skip
+        rec = {"epoch": epoch + 1, "step": global_step, "train": stats}
+        if val_set is not None and ((epoch + 1) % cfg.runtime.val_every == 0 or epoch + 1 == cfg.epochs):
+            rec["val"] = validate(
+                model, _val_loader(val_set, cfg, info), class_names, device=device,
+                backend=backend, dist_info=info, autocast=autocast,
+            )  # fmt: skip
+        rec["rank_checksums"] = _checksums(net, info)
+        rec["seconds"] = round(time.perf_counter() - t0, 3)
+        if info.is_main:
+            best = _save_epoch(out, net, cfg, meta, backend, rec, best, epoch, optimizer, scheduler, global_step)
+            rec["best"] = dict(best)
+            log.write("epoch", **rec)
+            log.scalars("train", stats, global_step)
+            if "val" in rec:
+                log.scalars("val", {"miou": rec["val"]["voxel"]["miou"]}, global_step)
+            echo(_epoch_line(rec, cfg.epochs))
+        history.append(rec)
+    log.close()
+    if info.enabled:
+        import torch.distributed as dist
+
+        dist.barrier()
+    return TrainResult(out_dir=out, epochs_done=end, history=history, best=best)
+
+
+def _train_loader(ds: CacheSceneDataset, cfg: TrainConfig, info: DistInfo, device: torch.device):
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    sampler = DistributedSampler(
+        ds, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=cfg.seed
+    )
+    loader = DataLoader(
+        ds,
+        batch_size=cfg.data.batch_size,
+        sampler=sampler,
+        num_workers=cfg.runtime.num_workers,
+        collate_fn=collate_items,
+        pin_memory=device.type == "cuda",
+        worker_init_fn=_worker_init,
+    )
+    return loader, sampler
+
+
+def _val_loader(ds: CacheSceneDataset, cfg: TrainConfig, info: DistInfo):
+    from torch.utils.data import DataLoader
+
+    return DataLoader(
+        ds,
+        batch_size=cfg.data.batch_size,
+        sampler=list(range(info.rank, len(ds), info.world_size)),  # each scene once
+        num_workers=cfg.runtime.num_workers,
+        collate_fn=collate_items,
+        worker_init_fn=_worker_init,
+    )
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)  # workers read and augment; the main process computes
+
+
+def _losses(
+    model: nn.Module, tb: TrainBatch, cfg: TrainConfig, backend: str, autocast
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(total, L_Y, L_2D, per-point logits)``; losses in float32 whatever the autocast."""
+    ctx = SparseContext(tb.batch.coords, backend)
+    with autocast if autocast is not None else contextlib.nullcontext():
+        logits, kd_pred = model(tb.batch, ctx)
+    # index_select, not ``x[idx]``: its backward (index_add_) is deterministic on CPU, while
+    # advanced indexing's (index_put_ with accumulate) is not with > 1 thread; exact resume
+    # and seeded repeats need it
+    point_logits = logits.float().index_select(0, tb.batch.point_to_voxel)
+    l_y = segmentation_loss(point_logits, tb.point_labels, cfg.loss.label_smoothing)
+    if cfg.loss.kd:
+        b = tb.batch
+        with torch.no_grad():
+            targets = sample_teacher(b.teacher_maps, b.corr_image, b.corr_uv)
+        pair_pred = kd_pred.float().index_select(0, b.corr_point)
+        rows = torch.arange(pair_pred.shape[0], device=pair_pred.device)  # one pair per row
+        l_2d = distillation_loss_from_targets(pair_pred, targets, rows, cfg.loss.kd_kind)
+        total = l_y + cfg.loss.kd_weight * l_2d
+    else:
+        l_2d = torch.zeros((), device=l_y.device)
+        total = l_y
+    return total, l_y, l_2d, point_logits
+
+
+def _train_epoch(
+    model, loader, optimizer, scheduler, params, cfg, backend, device, autocast, info, log,
+    epoch, global_step,
+) -> tuple[dict, int]:  # fmt: skip
+    from tqdm import tqdm
+
+    model.train()
+    sums = torch.zeros(5, dtype=torch.float64)  # loss, l_y, l_2d, correct, labelled
+    steps = 0
+    bar = tqdm(
+        loader,
+        desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        disable=not (info.is_main and cfg.runtime.progress),
+        leave=False,
+        dynamic_ncols=True,
+    )
+    for tb in bar:
+        tb = tb.to(device, non_blocking=True)
+        total, l_y, l_2d, point_logits = _losses(model, tb, cfg, backend, autocast)
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        gnorm = None
+        if cfg.optim.grad_clip > 0:
+            gnorm = float(torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip))
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        scheduler.step()
+        global_step += 1
+        steps += 1
+        with torch.no_grad():
+            lab = tb.point_labels
+            keep = lab >= 0
+            correct = (point_logits.argmax(1)[keep] == lab[keep]).sum()
+        vals = [float(x.detach()) for x in (total, l_y, l_2d, correct, keep.sum())]
+        sums += torch.tensor(vals, dtype=torch.float64)
+        bar.set_postfix(loss=f"{vals[0]:.4f}", lr=f"{lr:.2e}")
+        if info.is_main and global_step % cfg.runtime.log_every == 0:
+            step_rec = {"loss": vals[0], "loss_seg": vals[1], "loss_kd": vals[2], "lr": lr}
+            if gnorm is not None:
+                step_rec["grad_norm"] = gnorm
+            log.write("step", epoch=epoch + 1, step=global_step, **step_rec)
+            log.scalars("step", step_rec, global_step)
+    bar.close()
+    counts = torch.tensor([steps], dtype=torch.float64)
+    all_reduce_sum(sums, info)
+    all_reduce_sum(counts, info)
+    n = max(float(counts[0]), 1.0)
+    stats = {
+        "loss": float(sums[0]) / n,
+        "loss_seg": float(sums[1]) / n,
+        "loss_kd": float(sums[2]) / n,
+        "accuracy": float(sums[3] / sums[4]) if sums[4] > 0 else math.nan,
+        "lr": optimizer.param_groups[0]["lr"],
+    }
+    return stats, global_step
+
+
+def _checksums(net: nn.Module, info: DistInfo) -> list[float]:
+    """Sum of |w| per rank: DDP keeps replicas identical, and the log shows it."""
+    with torch.no_grad():
+        mine = sum(float(p.detach().abs().sum()) for p in net.parameters())
+    t = torch.zeros(info.world_size, dtype=torch.float64)
+    t[info.rank] = mine
+    all_reduce_sum(t, info)
+    return t.tolist()
+
+
+def _save_epoch(out, net, cfg, meta, backend, rec, best, epoch, optimizer, scheduler, step) -> dict:
+    """last (+ epoch copy, + best) checkpoint, then the resume state; returns the new best."""
+    kw = dict(
+        label_set=meta.label_set,
+        class_names=list(meta.class_names),
+        teacher_spec=meta.teacher,
+        config=config_to_dict(cfg),
+        backend=backend,
+    )
+    last = out / "last.safetensors"
+    save_checkpoint(last, net, **kw)
+    if cfg.runtime.keep_every and (epoch + 1) % cfg.runtime.keep_every == 0:
+        shutil.copyfile(last, out / f"epoch_{epoch + 1:04d}.safetensors")
+    miou = rec.get("val", {}).get("voxel", {}).get("miou") if "val" in rec else None
+    improved = cfg.data.val_split is None or (
+        miou is not None
+        and not math.isnan(miou)
+        and (best.get("miou") is None or miou > best["miou"])
+    )
+    if improved:
+        best = {"miou": miou, "epoch": epoch + 1}
+        shutil.copyfile(last, out / "best.safetensors")
+    save_train_state(
+        out / STATE_FILE,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        epoch=epoch + 1,
+        global_step=step,
+        best=best,
+    )
+    return best
+
+
+def _epoch_line(rec: dict, epochs: int) -> str:
+    t = rec["train"]
+    line = (
+        f"epoch {rec['epoch']}/{epochs}: loss {t['loss']:.4f} (seg {t['loss_seg']:.4f}, "
+        f"kd {t['loss_kd']:.4f}), train acc {t['accuracy']:.3f}"
+    )
+    if "val" in rec:
+        v = rec["val"]["voxel"]
+        line += f", val mIoU {v['miou']:.4f} acc {v['accuracy']:.3f}"
+    return line + f" [{rec['seconds']:.1f} s]"
