@@ -49,6 +49,7 @@ class AdaptConfig:
     # run
     seed: int = 0
     device: str = "cpu"
+    threads: int | None = None  # torch CPU threads; 1 makes CPU runs bitwise repeatable
     backend: str | None = None  # sparse backend; None: the checkpoint's
     split: str | None = None  # cache split to adapt on; None with no scenes: every scene
     scenes: tuple[str, ...] = ()
@@ -80,6 +81,7 @@ class AdaptConfig:
             (self.tent_lr >= 0, "tent_lr must be >= 0"),
             (self.tent_steps >= 1, "tent_steps must be >= 1"),
             (self.kd_loss in ("cosine", "l2"), "kd_loss must be cosine or l2"),
+            (self.threads is None or self.threads >= 1, "threads must be >= 1"),
         ]
         for ok, message in checks:
             if not ok:

@@ -153,6 +153,8 @@ def run_adaptation(
     for name in cfg.methods:
         if name not in METHODS:
             raise AdaptConfigError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     device = torch.device(cfg.device)
     if device.type == "cuda":

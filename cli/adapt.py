@@ -97,6 +97,8 @@ def _options(f: Callable) -> Callable:
                      help="seeds image subsets and augmentations (per scene: order-free)"),
         click.option("--device", default="auto", show_default=True,
                      help="auto (cuda when available), cpu, cuda, cuda:1, ..."),
+        click.option("--threads", type=click.IntRange(min=1), default=None,
+                     help="torch CPU threads [default: torch's]; 1 = bitwise repeatable on CPU"),
         click.option("--backend", default=None,
                      help="sparse backend torch|spconv|minkowski [default: the checkpoint's]"),
         click.option("--progress/--no-progress", default=True, help="progress bar"),
@@ -124,7 +126,8 @@ def _config(methods: tuple[str, ...], kw: dict[str, Any], **extra: Any) -> Adapt
         bn_momentum=kw["bn_momentum"], bn_decay=kw["bn_decay"],
         bn_min_momentum=kw["bn_min_momentum"], bn_augment=kw["bn_augment"],
         tent_lr=kw["tent_lr"], tent_steps=kw["tent_steps"], tent_episodic=kw["tent_episodic"],
-        seed=kw["seed"], device=_device(kw["device"]), backend=kw["backend"],
+        seed=kw["seed"], device=_device(kw["device"]), threads=kw["threads"],
+        backend=kw["backend"],
         split=kw["split"], scenes=_csv(kw["scenes"]), **extra,
     )
 

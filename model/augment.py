@@ -114,23 +114,44 @@ def jitter(ps: PointSet, rng: np.random.Generator, sigma: float, clip: float) ->
     return replace(ps, xyz=ps.xyz + noise)
 
 
+def _blur(a: np.ndarray, axis: int, sigma: float = 1.0) -> np.ndarray:
+    """Gaussian blur along one axis (zero outside), as a sum of shifted copies."""
+    r = int(np.ceil(3 * sigma))
+    w = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    w /= w.sum()
+    pad = [(0, 0)] * a.ndim
+    pad[axis] = (r, r)
+    p = np.pad(a, pad)
+    n = a.shape[axis]
+    return sum(wk * np.take(p, np.arange(k, k + n), axis=axis) for k, wk in enumerate(w))
+
+
+def _trilinear(grid: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """``grid`` [X, Y, Z, C] sampled at fractional cell indices ``idx`` [N, 3] (inside)."""
+    i0 = np.floor(idx).astype(np.int64)
+    f = idx - i0
+    out = np.zeros((len(idx), grid.shape[-1]))
+    for corner in range(8):
+        bits = [(corner >> a) & 1 for a in range(3)]
+        w = np.prod([f[:, a] if b else 1.0 - f[:, a] for a, b in enumerate(bits)], axis=0)
+        out += w[:, None] * grid[i0[:, 0] + bits[0], i0[:, 1] + bits[1], i0[:, 2] + bits[2]]
+    return out
+
+
 def elastic_distortion(
     ps: PointSet, rng: np.random.Generator, granularity: float, magnitude: float
 ) -> PointSet:
     """Smooth random displacement field: white noise on a grid of ``granularity`` metres,
     Gaussian-blurred (sigma one cell), trilinearly interpolated, times ``magnitude``."""
-    from scipy.interpolate import RegularGridInterpolator
-    from scipy.ndimage import gaussian_filter
-
     if ps.num_points == 0:
         return ps
     lo = ps.xyz.min(0) - 2 * granularity
     n = np.ceil((ps.xyz.max(0) + 2 * granularity - lo) / granularity).astype(int) + 1
     noise = rng.standard_normal((*n, 3))
-    noise = gaussian_filter(noise, sigma=(1.0, 1.0, 1.0, 0.0), mode="constant")
-    axes = [lo[a] + granularity * np.arange(n[a]) for a in range(3)]
-    field_at = RegularGridInterpolator(axes, noise, bounds_error=False, fill_value=0.0)
-    return replace(ps, xyz=ps.xyz + field_at(ps.xyz) * magnitude)
+    for axis in range(3):
+        noise = _blur(noise, axis)
+    idx = np.clip((ps.xyz - lo) / granularity, 0, n - 1 - 1e-9)
+    return replace(ps, xyz=ps.xyz + _trilinear(noise, idx) * magnitude)
 
 
 # ---- point selection (pairs re-indexed) --------------------------------------------------

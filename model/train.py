@@ -19,20 +19,18 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import random
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from tttkd.model.checkpoint import save_checkpoint
-from tttkd.model.config import ConfigError, TrainConfig, config_diff, config_to_dict, save_config
-from tttkd.model.data import IN_CHANNELS, CacheSceneDataset, TrainBatch, collate_items
+from tttkd.model.config import ConfigError, TrainConfig, config_to_dict, save_config
+from tttkd.model.data import TrainBatch
 from tttkd.model.distributed import (
     DistInfo,
     all_reduce_sum,
@@ -40,17 +38,26 @@ from tttkd.model.distributed import (
     init_distributed,
 )
 from tttkd.model.losses import distillation_loss_from_targets, sample_teacher, segmentation_loss
-from tttkd.model.minkunet import build_backbone
-from tttkd.model.network import KDHeadConfig, SegKDNet
 from tttkd.model.runlog import RunLog
-from tttkd.model.sparse.base import SparseContext, available_backends, get_backend
+from tttkd.model.sparse.base import SparseContext
+from tttkd.model.train_setup import (
+    CONFIG_FILE,
+    STATE_FILE,
+    build_network,
+    make_datasets,
+    make_optimizer,
+    prepare_out,
+    resolve_backend,
+    resolve_config,
+    resolve_device,
+    seed_all,
+    train_loader,
+    val_loader,
+)
 from tttkd.model.train_state import load_train_state, restore_rng, save_train_state
 from tttkd.model.validate import validate
 
-__all__ = ["TrainResult", "build_network", "resolve_config", "train"]
-
-CONFIG_FILE = "config.yaml"
-STATE_FILE = "train_state.pt"
+__all__ = ["CONFIG_FILE", "TrainResult", "build_network", "resolve_config", "train"]
 
 
 @dataclass
@@ -59,86 +66,6 @@ class TrainResult:
     epochs_done: int
     history: list[dict] = field(default_factory=list)  # the epoch records of this call
     best: dict = field(default_factory=dict)
-
-
-def resolve_config(cfg: TrainConfig, meta) -> TrainConfig:
-    """Fill what the cache decides (voxel size) and check the recipe fits the cache."""
-    voxel = cfg.data.voxel_size if cfg.data.voxel_size is not None else meta.voxel_size
-    if voxel < meta.voxel_size * (1 - 1e-6):
-        raise ConfigError(
-            f"data.voxel_size {voxel} is finer than the cache's {meta.voxel_size}: the cache "
-            "holds one point per cache voxel, so there is nothing finer to train on; rebuild "
-            f"the cache with tttkd-prep --voxel-size {voxel}"
-        )
-    if cfg.loss.kd and meta.image_policy.get("no_images"):
-        raise ConfigError(
-            "the cache was built without images (tttkd-prep --no-images), so there is nothing "
-            "to distil: train Source-Only with --no-kd, or rebuild the cache with images"
-        )
-    return replace(cfg, data=replace(cfg.data, voxel_size=float(voxel)))
-
-
-def build_network(cfg: TrainConfig, num_classes: int, teacher_dim: int, backend: str) -> SegKDNet:
-    m = cfg.model
-    backbone = build_backbone(
-        m.arch,
-        in_channels=IN_CHANNELS,
-        stem_kernel=m.stem_kernel,
-        bn_momentum=m.bn_momentum,
-        backend=backend,
-    )
-    return SegKDNet(backbone, num_classes, teacher_dim, KDHeadConfig(m.kd_hidden, m.kd_norm))
-
-
-def _device(name: str, info: DistInfo) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("runtime.device is cuda but torch sees no CUDA device")
-        return torch.device("cuda", info.local_rank)
-    return torch.device(name)
-
-
-def _backend(name: str, device: torch.device) -> str:
-    if name == "auto":
-        if device.type != "cuda":
-            return "torch"  # spconv on CPU is wrong with > 1 thread (DESIGN.md)
-        return "spconv" if "spconv" in available_backends() else "torch"
-    get_backend(name)  # a missing library fails here, naming the install command
-    return name
-
-
-def _seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def _prepare_out(out: Path, cfg: TrainConfig, resume: bool) -> None:
-    saved = out / CONFIG_FILE
-    if resume:
-        from tttkd.model.config import config_from_dict
-
-        if not saved.is_file() or not (out / STATE_FILE).is_file():
-            raise ConfigError(
-                f"{out} holds no run to resume ({CONFIG_FILE} / {STATE_FILE} missing); start "
-                "without --resume"
-            )
-        import yaml
-
-        old = config_from_dict(yaml.safe_load(saved.read_text()))
-        diffs = config_diff(old, cfg, ignore=("runtime",))
-        if diffs:
-            raise ConfigError(
-                "--resume continues the saved recipe, but the config differs:\n    "
-                + "\n    ".join(diffs)
-                + "\n  fix: drop those overrides (runtime.* may change), or train into a new --out"
-            )
-    elif saved.exists() or (out / STATE_FILE).exists():
-        raise ConfigError(
-            f"{out} already holds a run; pass --resume to continue it or choose another --out"
-        )
 
 
 def train(
@@ -156,19 +83,23 @@ def train(
     from tttkd.pipeline.cache import Cache
 
     out = Path(out_dir)
-    info = init_distributed("cuda" if _device(cfg.runtime.device, DistInfo()).type == "cuda" else "cpu")
-    device = _device(cfg.runtime.device, info)
+    info = init_distributed(
+        "cuda" if resolve_device(cfg.runtime.device, DistInfo()).type == "cuda" else "cpu"
+    )
+    device = resolve_device(cfg.runtime.device, info)
     if device.type == "cpu" and info.enabled:
         local = int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
     if cfg.model.sync_bn and info.enabled and device.type != "cuda":
-        raise ConfigError("model.sync_bn needs CUDA devices (torch's SyncBatchNorm has no CPU path)")
+        raise ConfigError(
+            "model.sync_bn needs CUDA devices (torch's SyncBatchNorm has no CPU path)"
+        )
     cache = Cache.open(cache_url, read_only=True, storage_options=storage_options)
     meta = cache.meta
     cfg = resolve_config(cfg, meta)
-    backend = _backend(cfg.runtime.backend, device)
+    backend = resolve_backend(cfg.runtime.backend, device)
     if info.is_main:
-        _prepare_out(out, cfg, resume)
+        prepare_out(out, cfg, resume)
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / CONFIG_FILE)
     if info.enabled:
@@ -182,7 +113,7 @@ def train(
     if log.tensorboard_note and info.is_main:
         echo(log.tensorboard_note)
 
-    _seed_all(cfg.seed)
+    seed_all(cfg.seed)
     class_names = list(meta.class_names)
     teacher_dim = int(meta.teacher["dim"])
     net = build_network(cfg, len(class_names), teacher_dim, backend)
@@ -203,42 +134,11 @@ def train(
 
         model = DDP(net, device_ids=[device.index] if device.type == "cuda" else None)
 
-    d = cfg.data
-    train_set = CacheSceneDataset(
-        cache_url,
-        d.train_split,
-        voxel_size=d.voxel_size,
-        train=True,
-        augment_cfg=cfg.augment,
-        max_images=d.max_images,
-        with_images=cfg.loss.kd,
-        seed=cfg.seed,
-        storage_options=storage_options,
-    )
-    val_set = None
-    if d.val_split is not None:
-        val_set = CacheSceneDataset(
-            cache_url,
-            d.val_split,
-            voxel_size=d.voxel_size,
-            train=False,
-            full_resolution=d.val_full_resolution,
-            storage_options=storage_options,
-        )
-    loader, sampler = _train_loader(train_set, cfg, info, device)
+    train_set, val_set = make_datasets(cfg, cache_url, storage_options)
+    loader, sampler = train_loader(train_set, cfg, info, device)
     steps_per_epoch = len(loader)
     params = [p for p in net.parameters() if p.requires_grad]
-    o = cfg.optim
-    optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer,
-        max_lr=o.lr,
-        total_steps=cfg.epochs * steps_per_epoch,
-        pct_start=o.pct_start,
-        anneal_strategy=o.anneal_strategy,
-        div_factor=o.div_factor,
-        final_div_factor=o.final_div_factor,
-    )
+    optimizer, scheduler = make_optimizer(params, cfg, steps_per_epoch)
     start_epoch, global_step, best = 0, 0, {"miou": None, "epoch": None}
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
@@ -260,9 +160,18 @@ def train(
             config=config_to_dict(cfg),
         )
     amp = cfg.runtime.amp and device.type == "cuda"
+    if amp and backend == "torch" and info.is_main:
+        # torch_backend's index_add_ mixes fp32 and bf16 under autocast; until it casts
+        # itself, the reference backend trains in fp32
+        echo("AMP off: the torch sparse backend does not run under autocast; use spconv")
+    amp = amp and backend != "torch"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if amp else None
     history = []
-    end = cfg.epochs if stop_after_epochs is None else min(cfg.epochs, start_epoch + stop_after_epochs)
+    end = (
+        cfg.epochs
+        if stop_after_epochs is None
+        else min(cfg.epochs, start_epoch + stop_after_epochs)
+    )
     for epoch in range(start_epoch, end):
         t0 = time.perf_counter()
         sampler.set_epoch(epoch)
@@ -272,15 +181,19 @@ def train(
             log, epoch, global_step,
         )  # fmt: skip
         rec = {"epoch": epoch + 1, "step": global_step, "train": stats}
-        if val_set is not None and ((epoch + 1) % cfg.runtime.val_every == 0 or epoch + 1 == cfg.epochs):
+        if val_set is not None and (
+            (epoch + 1) % cfg.runtime.val_every == 0 or epoch + 1 == cfg.epochs
+        ):
             rec["val"] = validate(
-                model, _val_loader(val_set, cfg, info), class_names, device=device,
+                model, val_loader(val_set, cfg, info), class_names, device=device,
                 backend=backend, dist_info=info, autocast=autocast,
             )  # fmt: skip
         rec["rank_checksums"] = _checksums(net, info)
         rec["seconds"] = round(time.perf_counter() - t0, 3)
         if info.is_main:
-            best = _save_epoch(out, net, cfg, meta, backend, rec, best, epoch, optimizer, scheduler, global_step)
+            best = _save_epoch(
+                out, net, cfg, meta, backend, rec, best, epoch, optimizer, scheduler, global_step
+            )
             rec["best"] = dict(best)
             log.write("epoch", **rec)
             log.scalars("train", stats, global_step)
@@ -294,41 +207,6 @@ def train(
 
         dist.barrier()
     return TrainResult(out_dir=out, epochs_done=end, history=history, best=best)
-
-
-def _train_loader(ds: CacheSceneDataset, cfg: TrainConfig, info: DistInfo, device: torch.device):
-    from torch.utils.data import DataLoader, DistributedSampler
-
-    sampler = DistributedSampler(
-        ds, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=cfg.seed
-    )
-    loader = DataLoader(
-        ds,
-        batch_size=cfg.data.batch_size,
-        sampler=sampler,
-        num_workers=cfg.runtime.num_workers,
-        collate_fn=collate_items,
-        pin_memory=device.type == "cuda",
-        worker_init_fn=_worker_init,
-    )
-    return loader, sampler
-
-
-def _val_loader(ds: CacheSceneDataset, cfg: TrainConfig, info: DistInfo):
-    from torch.utils.data import DataLoader
-
-    return DataLoader(
-        ds,
-        batch_size=cfg.data.batch_size,
-        sampler=list(range(info.rank, len(ds), info.world_size)),  # each scene once
-        num_workers=cfg.runtime.num_workers,
-        collate_fn=collate_items,
-        worker_init_fn=_worker_init,
-    )
-
-
-def _worker_init(_: int) -> None:
-    torch.set_num_threads(1)  # workers read and augment; the main process computes
 
 
 def _losses(

@@ -23,7 +23,7 @@ STATE_FORMAT = 1
 def capture_rng() -> dict[str, Any]:
     """python, numpy (global) and torch (CPU + every CUDA device) generator states."""
     version, internal, gauss = random.getstate()
-    np_state = np.random.get_state(legacy=False)
+    np_state = np.random.get_state(legacy=False)  # noqa: NPY002 (saved for resume)
     out: dict[str, Any] = {
         "python": {"version": version, "state": list(internal), "gauss": gauss},
         "numpy": {
@@ -44,7 +44,7 @@ def restore_rng(state: dict[str, Any]) -> None:
     py = state["python"]
     random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
     n = state["numpy"]
-    np.random.set_state(
+    np.random.set_state(  # noqa: NPY002 (restored on resume)
         {
             "bit_generator": n["bit_generator"],
             "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},

@@ -38,7 +38,8 @@ def validate(
     dist_info: DistInfo = DistInfo(),  # noqa: B008 (frozen dataclass)
     autocast: torch.autocast | None = None,
 ) -> dict:
-    """``{"voxel": scores, "full": scores or None, "scenes": n}`` (``SegmentationScores.to_dict``)."""
+    """``{"voxel": scores, "full": scores or None, "scenes": n, "confusion": matrix}``;
+    scores as ``SegmentationScores.to_dict``."""
     model = _unwrap(net)
     was_training = model.training
     model.eval()

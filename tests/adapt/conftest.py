@@ -88,8 +88,27 @@ def _train_tiny(url: str, steps: int) -> torch.nn.Module:
     return net.eval()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """One torch thread for tests/adapt: bitwise comparisons need it (with 2+ threads float
+    sums may split differently between runs, ~1e-7) and on a busy 2-core box it is faster."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def adapt_fixture(tmp_path_factory) -> AdaptFixture:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _make_fixture(tmp_path_factory)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _make_fixture(tmp_path_factory) -> AdaptFixture:
     from tttkd.model.checkpoint import save_checkpoint
     from tttkd.model.minkunet import minkunet_test
     from tttkd.model.network import KDHeadConfig, SegKDNet

@@ -200,9 +200,7 @@ def test_serial_cache_is_verified_and_matches_the_rendered_truth(dataset, serial
             hidden = inside & (d > 0) & (all_z - d > 1.2 * (0.05 + 0.1 * d))  # beyond tolerance
             n_hidden += hidden.sum()
             assert not np.isin(np.flatnonzero(hidden), pts).any()
-        print("AGREE", agree / total)
         assert total > 0 and agree / total > 0.85
-    print("HIDDEN", n_hidden)
     assert n_hidden > 100  # the scenes do exercise occlusion
 
 

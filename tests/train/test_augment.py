@@ -34,15 +34,16 @@ def pair_table(ps: A.PointSet) -> dict[tuple[int, int], tuple[float, float]]:
     """(original point id, image) -> uv, over every pair."""
     ids = ps.label[ps.corr_point]
     return {
-        (int(p), int(i)): tuple(uv)
-        for p, i, uv in zip(ids, ps.corr_image, ps.corr_uv.tolist())
+        (int(p), int(i)): tuple(uv) for p, i, uv in zip(ids, ps.corr_image, ps.corr_uv.tolist())
     }
 
 
 def test_geometric_transforms_move_points_not_pairs():
     ps = point_set()
     rng = np.random.default_rng(1)
-    moved = A.elastic_distortion(A.scale(A.mirror(A.rotate_z(A.centre(ps), 0.7), True, False), 1.1), rng, 0.2, 0.4)
+    moved = A.elastic_distortion(
+        A.scale(A.mirror(A.rotate_z(A.centre(ps), 0.7), True, False), 1.1), rng, 0.2, 0.4
+    )
     assert not np.allclose(moved.xyz, ps.xyz)
     for name in ("corr_point", "corr_image", "corr_uv", "label", "rgb"):
         np.testing.assert_array_equal(getattr(moved, name), getattr(ps, name))
@@ -114,7 +115,9 @@ def test_full_pipeline_keeps_every_surviving_pair(seed):
 
 def test_disabled_augmentation_is_identity():
     ps = point_set()
-    out = A.augment(ps, np.random.default_rng(0), dataclasses.replace(AugmentConfig(), enabled=False))
+    out = A.augment(
+        ps, np.random.default_rng(0), dataclasses.replace(AugmentConfig(), enabled=False)
+    )
     assert out is ps
 
 

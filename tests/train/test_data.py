@@ -51,7 +51,9 @@ def test_pairs_survive_the_real_pipeline_unchanged(train_cache):
     s = item.sample
     assert len(s.teacher_maps) == rec.num_images
     np.testing.assert_array_equal(s.corr_uv.numpy(), rec.corr_uv)
-    np.testing.assert_array_equal(s.point_to_voxel[torch.from_numpy(rec.corr_point.astype(np.int64))], s.corr_point)
+    np.testing.assert_array_equal(
+        s.point_to_voxel[torch.from_numpy(rec.corr_point.astype(np.int64))], s.corr_point
+    )
     np.testing.assert_array_equal(item.point_labels.numpy(), rec.label)
     np.testing.assert_array_equal(s.teacher_maps[2].numpy(), rec.features[2])
 
@@ -59,10 +61,14 @@ def test_pairs_survive_the_real_pipeline_unchanged(train_cache):
 def test_items_are_seeded_by_seed_epoch_index(train_cache):
     ds = dataset(train_cache)
     a, b = ds[0], ds[0]
-    assert torch.equal(a.sample.coords, b.sample.coords) and torch.equal(a.sample.feats, b.sample.feats)
+    assert torch.equal(a.sample.coords, b.sample.coords) and torch.equal(
+        a.sample.feats, b.sample.feats
+    )
     ds.set_epoch(1)
     c = ds[0]
-    assert c.sample.coords.shape != a.sample.coords.shape or not torch.equal(c.sample.coords, a.sample.coords)
+    assert c.sample.coords.shape != a.sample.coords.shape or not torch.equal(
+        c.sample.coords, a.sample.coords
+    )
     ds2 = pickle.loads(pickle.dumps(ds))  # what a DataLoader worker receives
     assert ds2._cache is None
     assert torch.equal(ds2[0].sample.feats, c.sample.feats)
@@ -102,5 +108,7 @@ def test_validation_items_and_full_resolution(train_cache):
 
 
 def test_unknown_split_is_a_clear_error(train_cache):
-    with pytest.raises(DatasetError, match=r"no complete scene in split 'test'.*\['train', 'val'\]"):
+    with pytest.raises(
+        DatasetError, match=r"no complete scene in split 'test'.*\['train', 'val'\]"
+    ):
         CacheSceneDataset(train_cache, "test", voxel_size=0.2, train=False)

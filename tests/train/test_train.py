@@ -45,7 +45,11 @@ def test_overfits_one_scene_and_loss_decreases(train_cache, tiny_sets, tmp_path)
 
 
 def test_resume_is_exact(train_cache, tiny_sets, tmp_path):
-    """2 epochs in one go == 1 epoch + resume 1 (full recipe: augmentation, Mix3D, KD)."""
+    """2 epochs in one go == 1 epoch + resume 1 (full recipe: augmentation, Mix3D, KD).
+
+    Two torch threads on purpose: with more than one, a non-deterministic backward (e.g. the
+    one of advanced indexing) would make the two runs differ."""
+    torch.set_num_threads(2)
     sets = tiny_sets + ["epochs=2", "data.val_split=null", "optim.grad_clip=1.0"]
     run(train_cache, tmp_path / "a", sets)
     first = run(train_cache, tmp_path / "b", sets, stop_after_epochs=1)
@@ -69,6 +73,8 @@ def test_resume_is_exact(train_cache, tiny_sets, tmp_path):
         run(train_cache, tmp_path / "b", [*sets, "optim.lr=0.01"], resume=True)
     with pytest.raises(ConfigError, match="already holds a run"):
         run(train_cache, tmp_path / "b", sets)
+    with pytest.raises(ConfigError, match="no run to resume"):
+        run(train_cache, tmp_path / "c", sets, resume=True)
 
 
 def test_no_kd_is_source_only(train_cache, tiny_sets, tmp_path):
