@@ -90,7 +90,7 @@ def distillation_loss_from_targets(
     ``kd_pred[corr_point]`` and ``targets``; 0 with a graph when there are no pairs."""
     if corr_point.numel() == 0:
         return kd_pred.sum() * 0.0
-    pred = kd_pred[corr_point]
+    pred = kd_pred.index_select(0, corr_point)  # deterministic backward, unlike x[idx]
     targets = targets.to(pred.dtype)
     if kind == "cosine":
         return (1.0 - F.cosine_similarity(pred, targets, dim=1, eps=1e-8)).mean()

@@ -160,11 +160,6 @@ def train(
             config=config_to_dict(cfg),
         )
     amp = cfg.runtime.amp and device.type == "cuda"
-    if amp and backend == "torch" and info.is_main:
-        # torch_backend's index_add_ mixes fp32 and bf16 under autocast; until it casts
-        # itself, the reference backend trains in fp32
-        echo("AMP off: the torch sparse backend does not run under autocast; use spconv")
-    amp = amp and backend != "torch"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if amp else None
     history = []
     end = (

@@ -125,12 +125,16 @@ class _SparseConvFn(torch.autograd.Function):
         ctx.save_for_backward(x, weight)
         ctx.kmap = kmap
         ctx.swap = swap
-        return _gemm_scatter(x, weight, kmap, n_out, swap)
+        # Under autocast the GEMMs would come out in bf16 while the scatter target keeps the
+        # input dtype; run the whole op in the features' dtype instead (autocast off inside).
+        with torch.autocast(x.device.type, enabled=False):
+            return _gemm_scatter(x, weight.to(x.dtype), kmap, n_out, swap)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         x, weight = ctx.saved_tensors
-        grad_out = grad_out.contiguous()
+        weight = weight.to(x.dtype)
+        grad_out = grad_out.contiguous().to(x.dtype)
         need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_x = None
         grad_w = torch.zeros_like(weight) if need_w else None
@@ -153,6 +157,8 @@ class _SparseConvFn(torch.autograd.Function):
                 grad_w[k] = xi.t() @ g
         if need_x and grad_x is None:
             grad_x = torch.zeros_like(x)
+        if grad_w is not None:
+            grad_w = grad_w.to(ctx.saved_tensors[1].dtype)
         return grad_x, grad_w, None, None, None
 
 

@@ -125,3 +125,19 @@ def test_named_variants_rebuild_from_arch(name):
     }
     with pytest.raises(ValueError, match="unknown backbone"):
         build_backbone("pointnet", in_channels=3)
+
+
+def test_torch_backend_runs_under_bf16_autocast():
+    """AMP must not break the pure-torch backend (the sparse GEMMs run in the features' dtype)."""
+    torch.manual_seed(0)
+    net = minkunet_test(in_channels=4)
+    coords = room_coords(2000, seed=1)
+    feats = torch.randn(coords.shape[0], 4)
+    ctx = SparseContext(coords)
+    ref = net(SparseTensor.from_context(feats, ctx)).feats
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(SparseTensor.from_context(feats, ctx)).feats
+    out.float().pow(2).mean().backward()
+    assert torch.isfinite(out.float()).all()
+    assert torch.nn.functional.cosine_similarity(out.float().flatten(), ref.flatten(), dim=0) > 0.99
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())

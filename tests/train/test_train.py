@@ -14,6 +14,12 @@ from tttkd.model.train import resolve_config, train
 from tttkd.pipeline.cache import Cache
 
 
+def info_classes() -> tuple[str, ...]:
+    from tttkd.pipeline.labels import get_label_set
+
+    return get_label_set("scannet20").class_names
+
+
 def run(cache: str, out, sets: list[str], **kw):
     return train(load_config(overrides=sets), cache, out, echo=lambda s: None, **kw)
 
@@ -34,6 +40,7 @@ def test_overfits_one_scene_and_loss_decreases(train_cache, tiny_sets, tmp_path)
     assert np.mean(losses[-5:]) < np.mean(losses[:5])
     val = res.history[-1]["val"]["voxel"]
     assert res.history[-1]["train"]["accuracy"] > 0.9 and val["accuracy"] > 0.9
+    assert val["iou"]["floor"] > 0.5 and set(val["iou"]) <= set(info_classes())
     assert "val" not in res.history[0]  # val_every
     # the checkpoint is a real tttkd checkpoint carrying the resolved config
     net, info = load_checkpoint(tmp_path / "run" / "best.safetensors")
