@@ -31,7 +31,13 @@ from tttkd.model.checkpoint import CheckpointError, CheckpointInfo, load_checkpo
 from tttkd.model.network import SegKDNet
 from tttkd.pipeline.cache import Cache
 
-__all__ = ["AdaptResult", "check_teacher", "run_adaptation", "select_scenes"]
+__all__ = [
+    "AdaptResult",
+    "check_teacher",
+    "network_voxel_size",
+    "run_adaptation",
+    "select_scenes",
+]
 
 _TEACHER_KEYS = ("name", "arch", "weights_sha256", "dim", "tokens")
 
@@ -88,6 +94,23 @@ def check_teacher(info: CheckpointInfo, cache: Cache) -> list[str]:
             f"{theirs.get('image_size')}"
         )
     return notes
+
+
+def network_voxel_size(info: CheckpointInfo, cache: Cache) -> tuple[float, list[str]]:
+    """The voxel size the network was trained at (its resolved config), else the cache's."""
+    trained = (info.config.get("data") or {}).get("voxel_size")
+    size = float(trained) if trained else float(cache.meta.voxel_size)
+    if size < cache.meta.voxel_size * (1 - 1e-6):
+        raise AdaptConfigError(
+            f"the network was trained at {size} m voxels but the cache {cache.url} holds "
+            f"{cache.meta.voxel_size} m voxels; rebuild the cache with tttkd-prep "
+            f"--voxel-size {size}"
+        )
+    notes = []
+    if abs(size - cache.meta.voxel_size) > 1e-9:
+        notes.append(f"scenes re-voxelized at the network's {size} m (cache: "
+                     f"{cache.meta.voxel_size} m)")
+    return size, notes
 
 
 def select_scenes(cache: Cache, cfg: AdaptConfig) -> list[str]:
@@ -165,6 +188,8 @@ def run_adaptation(
         checkpoint, backend=cfg.backend, device=device, expect_teacher_dim=teacher_dim
     )
     notes = check_teacher(info, cache)
+    voxel_size, voxel_notes = network_voxel_size(info, cache)
+    notes += voxel_notes
     mapping: LabelMapping = label_mapping(
         info.label_set, info.class_names, cache.meta.label_set, cache.meta.class_names
     )
@@ -185,7 +210,7 @@ def run_adaptation(
         for sid in scene_ids:
             scene = load_scene(
                 cache, sid, device=device, backend=backend, max_images=cfg.max_images,
-                seed=cfg.seed,
+                seed=cfg.seed, voxel_size=voxel_size,
             )
             load_s += scene.read_seconds
             warm_ms += _warm_views(net, scene, angles)
@@ -259,6 +284,7 @@ def run_adaptation(
             "dataset": cache.meta.dataset,
             "label_set": cache.meta.label_set,
             "voxel_size": cache.meta.voxel_size,
+            "network_voxel_size": voxel_size,
             "teacher": cache.meta.teacher,
             "feature_codec": cache.meta.feature_codec,
         },

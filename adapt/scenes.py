@@ -10,10 +10,12 @@ every method and every TTT step. Contexts hold no autograd state, so sharing the
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from tttkd.adapt.rotations import rotate_about_up
@@ -21,7 +23,15 @@ from tttkd.model.losses import sample_teacher
 from tttkd.model.sparse.base import SparseContext
 from tttkd.pipeline.cache import Cache, SceneRecord
 
-__all__ = ["SceneData", "View", "image_subset", "load_scene", "network_input", "scene_seed"]
+__all__ = [
+    "SceneData",
+    "View",
+    "image_subset",
+    "load_scene",
+    "network_input",
+    "scene_seed",
+    "unit_target_sums",
+]
 
 
 def scene_seed(seed: int, scene_id: str, purpose: str = "") -> int:
@@ -68,8 +78,8 @@ class View:
     feats: Tensor  # float32 [N, C]
     context: SparseContext
     row_of_point: Tensor  # int64 [N_cached]: voxel row of each cached point
-    kd_rows: Tensor  # int64 [R]: rows that have at least one correspondence
-    kd_index: Tensor  # int64 [M]: position in kd_rows of each correspondence
+    kd_rows: Tensor  # int64 [R]: rows seen by at least one image
+    kd_targets: Tensor  # float32 [R, D]: sum of the unit teacher vectors of each row's pairs
 
     @property
     def num_voxels(self) -> int:
@@ -78,13 +88,20 @@ class View:
 
 @dataclass
 class SceneData:
-    """One scene, loaded once and shared by every method of a run."""
+    """One scene, loaded once and shared by every method of a run.
+
+    Teacher targets are kept per cached point, not per pair: the cosine loss over pairs
+    ``sum_j (1 - cos(a_p, t_j))`` equals ``n_p - a_p/|a_p| . sum_j t_j/|t_j|``, so each
+    point needs only the sum of its pairs' unit targets (``unit_sums``). Memory and the
+    cost per TTT step then scale with points, not with (point, image) pairs.
+    """
 
     scene_id: str
     record: SceneRecord  # points, labels, cameras (features dropped after sampling)
     images: list[int]  # which cached images were read
-    targets: Tensor  # float32 [M, D] teacher features at each correspondence (on device)
-    corr_point: Tensor  # int64 [M] cached point of each correspondence (on device)
+    seen_points: Tensor  # int64 [S]: cached points with at least one pair (on device)
+    unit_sums: Tensor  # float32 [S, D]: sum over each point's pairs of unit teacher vectors
+    num_pairs: int  # M, the number of (point, image) pairs: the loss is a mean over them
     device: torch.device
     voxel_size: float
     backend: str
@@ -94,10 +111,6 @@ class SceneData:
     @property
     def num_points(self) -> int:
         return self.record.num_points
-
-    @property
-    def num_pairs(self) -> int:
-        return int(self.corr_point.shape[0])
 
     def view(self, angle: float) -> View:
         """The view at ``angle`` (radians about +Z), built on first use and then reused."""
@@ -115,8 +128,14 @@ class SceneData:
         coords4 = torch.cat([torch.zeros((coords.shape[0], 1), dtype=torch.int32), coords], 1)
         coords4 = coords4.to(self.device)
         row_of_point = row_of_point.to(self.device)
-        rows = row_of_point[self.corr_point]
-        kd_rows, kd_index = torch.unique(rows, sorted=True, return_inverse=True)
+        rows = row_of_point[self.seen_points]
+        kd_rows, inverse = torch.unique(rows, sorted=True, return_inverse=True)
+        if kd_rows.numel() == rows.numel():  # no two seen points share a voxel: a permutation
+            kd_targets = torch.empty_like(self.unit_sums)
+            kd_targets[inverse] = self.unit_sums
+        else:
+            kd_targets = self.unit_sums.new_zeros((kd_rows.numel(), self.unit_sums.shape[1]))
+            kd_targets.index_add_(0, inverse, self.unit_sums)
         return View(
             angle=angle,
             coords=coords4,
@@ -124,8 +143,32 @@ class SceneData:
             context=SparseContext(coords4, self.backend),
             row_of_point=row_of_point,
             kd_rows=kd_rows,
-            kd_index=kd_index,
+            kd_targets=kd_targets,
         )
+
+
+def unit_target_sums(
+    record: SceneRecord, device: torch.device, dim: int
+) -> tuple[Tensor, Tensor]:
+    """``(seen_points [S], unit_sums [S, D])`` from the record's features and pairs.
+
+    Teacher maps go to the device once (float16 as cached) and are sampled image by image
+    (``model.losses.sample_teacher``), so the [M, D] per-pair targets never exist at once.
+    """
+    corr_point = torch.from_numpy(record.corr_point.astype(np.int64)).to(device)
+    seen, inverse = torch.unique(corr_point, sorted=True, return_inverse=True)
+    sums = torch.zeros((seen.numel(), dim), dtype=torch.float32, device=device)
+    offsets = record.corr_offsets
+    uv_all = torch.from_numpy(record.corr_uv).to(device)
+    for i in range(record.num_images):
+        a, b = int(offsets[i]), int(offsets[i + 1])
+        if b <= a:
+            continue
+        fmap = torch.from_numpy(np.ascontiguousarray(record.features[i])).to(device)
+        zero = torch.zeros(b - a, dtype=torch.int64, device=device)
+        targets = sample_teacher([fmap], zero, uv_all[a:b])
+        sums.index_add_(0, inverse[a:b], F.normalize(targets, dim=1, eps=1e-8))
+    return seen, sums
 
 
 def load_scene(
@@ -136,10 +179,12 @@ def load_scene(
     backend: str,
     max_images: int | None,
     seed: int,
+    voxel_size: float | None = None,
 ) -> SceneData:
-    """Read a scene (points, a seeded image subset) and sample its teacher targets once."""
-    import time
+    """Read a scene (points, a seeded image subset) and sample its teacher targets once.
 
+    ``voxel_size``: the network's (from its checkpoint); default the cache's.
+    """
     t0 = time.perf_counter()
     device = torch.device(device)
     counts = cache.scene_info(scene_id).get("counts", {})
@@ -147,23 +192,19 @@ def load_scene(
     images = image_subset(n_img, max_images, seed, scene_id)
     subset = None if len(images) == n_img else images
     rec = cache.read_scene(scene_id, images=subset, features=True)
-    maps = [torch.from_numpy(np.ascontiguousarray(f)).to(device) for f in rec.features]
-    corr_image = torch.from_numpy(rec.corr_image.astype(np.int64)).to(device)
-    corr_uv = torch.from_numpy(rec.corr_uv).to(device)
-    corr_point = torch.from_numpy(rec.corr_point.astype(np.int64)).to(device)
-    if maps:
-        targets = sample_teacher(maps, corr_image, corr_uv)
-    else:
-        targets = torch.zeros((0, int(cache.meta.teacher.get("dim", 0))), device=device)
-    rec.features = None  # the maps are no longer needed: targets hold what TTT reads
+    dim = int(rec.features.shape[-1]) if rec.num_images else int(cache.meta.teacher.get("dim", 0))
+    seen, sums = unit_target_sums(rec, device, dim)
+    num_pairs = rec.num_corr
+    rec.features = None  # the maps are no longer needed: the sums hold what TTT reads
     return SceneData(
         scene_id=scene_id,
         record=rec,
         images=images,
-        targets=targets,
-        corr_point=corr_point,
+        seen_points=seen,
+        unit_sums=sums,
+        num_pairs=num_pairs,
         device=device,
-        voxel_size=float(cache.meta.voxel_size),
+        voxel_size=float(voxel_size or cache.meta.voxel_size),
         backend=backend,
         read_seconds=time.perf_counter() - t0,
     )

@@ -13,12 +13,12 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tttkd.adapt.bn import bn_phase
 from tttkd.adapt.safety import Divergence, DivergenceGuard
 from tttkd.adapt.scenes import SceneData, View
-from tttkd.model.losses import distillation_loss_from_targets
 from tttkd.model.network import SegKDNet
 
 __all__ = ["StepLog", "kd_loss", "kd_optimizer", "predict_view", "run_kd_steps", "synchronize"]
@@ -50,10 +50,20 @@ def kd_optimizer(net: SegKDNet, lr: float, momentum: float) -> torch.optim.SGD:
 
 
 def kd_loss(net: SegKDNet, scene: SceneData, view: View, kind: str = "cosine") -> Tensor:
-    """``L_2D`` of the view under the current weights (with a graph)."""
+    """``L_2D`` of the view under the current weights (with a graph).
+
+    Equal to ``model.losses.distillation_loss`` over the scene's pairs (the mean over pairs
+    of ``1 - cos``; ``l2`` of unit vectors is twice that), computed from per-voxel sums of
+    unit targets (see :class:`~tttkd.adapt.scenes.SceneData`).
+    """
+    if kind not in ("cosine", "l2"):
+        raise ValueError(f"unknown distillation loss {kind!r}; use 'cosine' or 'l2'")
     feats = net.features(view.feats, view.context)
-    pred = net.kd_head(feats[view.kd_rows])
-    return distillation_loss_from_targets(pred, scene.targets, view.kd_index, kind)
+    if scene.num_pairs == 0:
+        return feats.sum() * 0.0
+    pred = F.normalize(net.kd_head(feats[view.kd_rows]), dim=1, eps=1e-8)
+    loss = 1.0 - (pred * view.kd_targets).sum() / scene.num_pairs
+    return loss if kind == "cosine" else 2.0 * loss
 
 
 def _grad_norm(params: list[nn.Parameter]) -> float:

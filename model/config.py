@@ -122,6 +122,9 @@ class RuntimeConfig:
     backend: str = "auto"  # sparse backend; auto: spconv on CUDA when installed, else torch
     amp: bool = True  # bf16 autocast, on CUDA only
     num_workers: int = 4
+    # torch CPU threads in the training process; None = torch's default (DDP on CPU: cores /
+    # local ranks). 1 avoids OpenMP oversubscription when other work shares the cores.
+    threads: int | None = None
     log_every: int = 10  # steps between JSONL/TensorBoard step records
     val_every: int = 1  # epochs between validations
     keep_every: int = 0  # also keep epoch_NNNN checkpoints every k epochs; 0 = last + best only
@@ -345,6 +348,7 @@ def validate(cfg: TrainConfig) -> None:
         (0 < cfg.augment.crop_min_fraction <= 1, "augment.crop_min_fraction", "in (0, 1]"),
         (cfg.augment.max_points >= 0, "augment.max_points", "must be >= 0 (0 = no cap)"),
         (cfg.runtime.num_workers >= 0, "runtime.num_workers", "must be >= 0"),
+        (cfg.runtime.threads is None or cfg.runtime.threads >= 1, "runtime.threads", ">= 1"),
         (cfg.runtime.log_every >= 1, "runtime.log_every", "must be >= 1"),
         (cfg.runtime.val_every >= 1, "runtime.val_every", "must be >= 1"),
         (cfg.runtime.keep_every >= 0, "runtime.keep_every", "must be >= 0"),

@@ -87,7 +87,9 @@ def train(
         "cuda" if resolve_device(cfg.runtime.device, DistInfo()).type == "cuda" else "cpu"
     )
     device = resolve_device(cfg.runtime.device, info)
-    if device.type == "cpu" and info.enabled:
+    if device.type == "cpu" and cfg.runtime.threads is not None:
+        torch.set_num_threads(cfg.runtime.threads)
+    elif device.type == "cpu" and info.enabled:
         local = int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
     if cfg.model.sync_bn and info.enabled and device.type != "cuda":

@@ -146,3 +146,29 @@ def test_sweep_writes_csv_and_figure(adapt_fixture, tmp_path):
     assert by["steps", "0.0"]["miou"] == by["source", "-"]["miou"]  # 0 steps = source
     assert (out / "figure1.png").read_bytes()[:8] == PNG
     assert (out / "runs" / "steps_2" / "results.json").is_file()
+
+
+def test_scenes_use_the_networks_voxel_size(adapt_fixture, tmp_path):
+    """A network trained at 0.3 m sees the cache re-voxelized at 0.3 m; one trained finer
+    than the cache is refused with the fix."""
+    import pytest
+
+    from tttkd.adapt.config import AdaptConfigError
+    from tttkd.model.checkpoint import load_checkpoint, save_checkpoint
+
+    fx = adapt_fixture
+    net, info = load_checkpoint(fx.checkpoint)
+    kw = dict(label_set=info.label_set, class_names=info.class_names,
+              teacher_spec=info.teacher_spec)
+    coarse, fine = tmp_path / "coarse.safetensors", tmp_path / "fine.safetensors"
+    save_checkpoint(coarse, net, config={"data": {"voxel_size": 0.3}}, **kw)
+    save_checkpoint(fine, net, config={"data": {"voxel_size": 0.05}}, **kw)
+    result = run_adaptation(
+        AdaptConfig(methods=("source",), scenes=fx.val_scenes[:1]), fx.cache, coarse,
+        progress=False, echo=lambda s: None,
+    )
+    assert result.cache["network_voxel_size"] == 0.3
+    assert any("re-voxelized at the network's 0.3 m" in n for n in result.notes)
+    with pytest.raises(AdaptConfigError, match="--voxel-size 0.05"):
+        run_adaptation(AdaptConfig(methods=("source",), scenes=fx.val_scenes[:1]), fx.cache,
+                       fine, progress=False, echo=lambda s: None)

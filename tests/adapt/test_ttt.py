@@ -180,3 +180,37 @@ def test_unknown_method_and_bad_options_are_clear_errors(adapt_fixture):
         AdaptConfig.from_dict({"step": 3})
     with pytest.raises(AdaptConfigError, match="not complete in the cache"):
         run(adapt_fixture, methods=("source",), scenes=("scene9999_00",))
+
+
+@pytest.mark.parametrize("kind", ["cosine", "l2"])
+def test_kd_loss_from_unit_sums_equals_the_training_loss_over_pairs(adapt_fixture, kind):
+    """TTT keeps per-voxel sums of unit teacher vectors; the loss and its gradient must be
+    those of model.losses.distillation_loss over every (point, image) pair."""
+    from tttkd.adapt.scenes import load_scene
+    from tttkd.adapt.ttt import kd_loss
+    from tttkd.model.checkpoint import load_checkpoint
+    from tttkd.model.losses import distillation_loss
+    from tttkd.pipeline.cache import Cache
+
+    fx = adapt_fixture
+    net, _ = load_checkpoint(fx.checkpoint)
+    net.eval()
+    cache = Cache.open(fx.cache, read_only=True)
+    sid = fx.val_scenes[0]
+    scene = load_scene(cache, sid, device="cpu", backend="torch", max_images=None, seed=0)
+    rec = cache.read_scene(sid)
+    maps = [torch.from_numpy(f) for f in rec.features]
+    for angle in (0.0, 1.0):  # identity and a rotated view where voxels merge points
+        view = scene.view(angle)
+        feats = net.features(view.feats, view.context)
+        pairs = view.row_of_point[torch.from_numpy(rec.corr_point.astype(np.int64))]
+        ref = distillation_loss(
+            net.kd_head(feats), maps, pairs, torch.from_numpy(rec.corr_image.astype(np.int64)),
+            torch.from_numpy(rec.corr_uv), kind,
+        )
+        (g_ref,) = torch.autograd.grad(ref, net.backbone.conv0p1s1.weight)
+        ours = kd_loss(net, scene, view, kind)
+        (g_ours,) = torch.autograd.grad(ours, net.backbone.conv0p1s1.weight)
+        assert scene.num_pairs == rec.num_corr > 0
+        torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(g_ours, g_ref, rtol=1e-4, atol=1e-6)
