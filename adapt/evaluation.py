@@ -107,5 +107,7 @@ class Evaluator:
         return scores.to_dict()
 
     def overall(self) -> dict:
-        scores = scores_from_confusion(self.confusion, self.mapping.class_names, self.mapping.scored)
+        scores = scores_from_confusion(
+            self.confusion, self.mapping.class_names, self.mapping.scored
+        )
         return scores.to_dict()

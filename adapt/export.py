@@ -29,8 +29,15 @@ def write_ply(path: Path, xyz: np.ndarray, rgb: np.ndarray, label: np.ndarray) -
 
     vertex = np.empty(
         len(xyz),
-        dtype=[("x", "f4"), ("y", "f4"), ("z", "f4"), ("red", "u1"), ("green", "u1"),
-               ("blue", "u1"), ("label", "i2")],
+        dtype=[
+            ("x", "f4"),
+            ("y", "f4"),
+            ("z", "f4"),
+            ("red", "u1"),
+            ("green", "u1"),
+            ("blue", "u1"),
+            ("label", "i2"),
+        ],
     )
     vertex["x"], vertex["y"], vertex["z"] = xyz[:, 0], xyz[:, 1], xyz[:, 2]
     vertex["red"], vertex["green"], vertex["blue"] = rgb[:, 0], rgb[:, 1], rgb[:, 2]
@@ -39,7 +46,12 @@ def write_ply(path: Path, xyz: np.ndarray, rgb: np.ndarray, label: np.ndarray) -
 
 
 def save_prediction(
-    out: Path, method: str, scene: SceneData, pred_full: np.ndarray, *, ply: bool,
+    out: Path,
+    method: str,
+    scene: SceneData,
+    pred_full: np.ndarray,
+    *,
+    ply: bool,
     palette: np.ndarray,
 ) -> Path:
     """Write ``pred_full`` (and, with ``ply``, the coloured voxel points); returns the .npy."""

@@ -61,8 +61,11 @@ def plot_scene_gain(result: dict[str, Any], path: Path) -> Path | None:
         ax.axhline(0, color="black", lw=0.8)
         mean = float(vals.mean()) if len(vals) else 0.0
         better = int((vals > 0).sum())
-        ax.set_title(f"{name}: mIoU gain per scene vs source (mean {mean:+.1f}, "
-                     f"{better}/{len(vals)} scenes better)", fontsize=9)
+        ax.set_title(
+            f"{name}: mIoU gain per scene vs source (mean {mean:+.1f}, "
+            f"{better}/{len(vals)} scenes better)",
+            fontsize=9,
+        )
         ax.set_ylabel("gain (mIoU points)")
         ax.set_xlabel("scenes, sorted by gain")
     fig.tight_layout()

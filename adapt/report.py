@@ -60,8 +60,16 @@ def gains_vs_source(result: dict[str, Any]) -> dict[str, dict[str, float]]:
 def write_csv(result: dict[str, Any], path: Path) -> None:
     """One row per (method, scene) plus one ``ALL`` row per method; IoU per scored class."""
     classes = result["evaluation"]["scored_classes"]
-    head = ["method", "scene", "miou", "accuracy", "updated", "steps", "ms_per_step",
-            "fallback"] + [f"iou_{c}" for c in classes]
+    head = [
+        "method",
+        "scene",
+        "miou",
+        "accuracy",
+        "updated",
+        "steps",
+        "ms_per_step",
+        "fallback",
+    ] + [f"iou_{c}" for c in classes]
     with path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(head)
@@ -72,10 +80,18 @@ def write_csv(result: dict[str, Any], path: Path) -> None:
             for sid, scores, rec in rows:
                 fb = rec.get("fallback")
                 w.writerow(
-                    [name, sid, scores.get("miou"), scores.get("accuracy"), rec.get("updated", ""),
-                     rec.get("steps", res["timing"]["steps"] if sid == "ALL" else ""),
-                     rec.get("ms_per_step", res["timing"]["ms_per_step"] if sid == "ALL" else ""),
-                     fb["reason"] if fb else ""]
+                    [
+                        name,
+                        sid,
+                        scores.get("miou"),
+                        scores.get("accuracy"),
+                        rec.get("updated", ""),
+                        rec.get("steps", res["timing"]["steps"] if sid == "ALL" else ""),
+                        rec.get(
+                            "ms_per_step", res["timing"]["ms_per_step"] if sid == "ALL" else ""
+                        ),
+                        fb["reason"] if fb else "",
+                    ]
                     + [scores.get("iou", {}).get(c) for c in classes]
                 )
 
@@ -96,7 +112,11 @@ def format_table(result: dict[str, Any]) -> str:
     ]
     for name, res in methods.items():
         miou = res["overall"]["miou"]
-        gain = "-" if base is None or name == "source" or miou is None else f"{100 * (miou - base):+.1f}"
+        gain = (
+            "-"
+            if base is None or name == "source" or miou is None
+            else f"{100 * (miou - base):+.1f}"
+        )
         t = res["timing"]
         lines.append(
             f"| {name} | {_pct(miou)} | {gain} | {_pct(res['overall']['accuracy'])} | "

@@ -108,8 +108,9 @@ def network_voxel_size(info: CheckpointInfo, cache: Cache) -> tuple[float, list[
         )
     notes = []
     if abs(size - cache.meta.voxel_size) > 1e-9:
-        notes.append(f"scenes re-voxelized at the network's {size} m (cache: "
-                     f"{cache.meta.voxel_size} m)")
+        notes.append(
+            f"scenes re-voxelized at the network's {size} m (cache: {cache.meta.voxel_size} m)"
+        )
     return size, notes
 
 
@@ -155,8 +156,9 @@ def _warm_views(net: SegKDNet, scene: SceneData, angles: list[float]) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
-def _save_prediction(out: Path, method: str, scene: SceneData, pred: np.ndarray, ply: bool,
-                     palette: np.ndarray) -> None:
+def _save_prediction(
+    out: Path, method: str, scene: SceneData, pred: np.ndarray, ply: bool, palette: np.ndarray
+) -> None:
     from tttkd.adapt.export import save_prediction
 
     save_prediction(out, method, scene, pred, ply=ply, palette=palette)
@@ -176,8 +178,24 @@ def run_adaptation(
     for name in cfg.methods:
         if name not in METHODS:
             raise AdaptConfigError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+    threads = torch.get_num_threads()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
+    try:
+        return _run(cfg, cache_url, checkpoint, out, echo, progress, on_scene)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(
+    cfg: AdaptConfig,
+    cache_url: str,
+    checkpoint: str | Path,
+    out: str | Path | None,
+    echo: Callable[[str], None],
+    progress: bool,
+    on_scene: Callable[[str, str, SceneOutcome], None] | None,
+) -> AdaptResult:
     torch.manual_seed(cfg.seed)
     device = torch.device(cfg.device)
     if device.type == "cuda":
@@ -209,8 +227,14 @@ def run_adaptation(
     try:
         for sid in scene_ids:
             scene = load_scene(
-                cache, sid, device=device, backend=backend, max_images=cfg.max_images,
-                seed=cfg.seed, voxel_size=voxel_size,
+                cache,
+                sid,
+                device=device,
+                backend=backend,
+                max_images=cfg.max_images,
+                seed=cfg.seed,
+                voxel_size=voxel_size,
+                teacher=any(m.uses_teacher for m in methods.values()),
             )
             load_s += scene.read_seconds
             warm_ms += _warm_views(net, scene, angles)
@@ -244,7 +268,7 @@ def run_adaptation(
     total_s = time.perf_counter() - t_run
     n = len(scene_ids)
     results: dict[str, dict[str, Any]] = {}
-    for name, method in methods.items():
+    for name in methods:
         fallbacks = [
             {"scene": sid, **rec["fallback"]}
             for sid, rec in per_scene[name].items()

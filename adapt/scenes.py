@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from tttkd.adapt.kd_targets import unit_target_sums
 from tttkd.adapt.rotations import rotate_about_up
-from tttkd.model.losses import sample_teacher
 from tttkd.model.sparse.base import SparseContext
 from tttkd.pipeline.cache import Cache, SceneRecord
 
@@ -30,7 +29,6 @@ __all__ = [
     "load_scene",
     "network_input",
     "scene_seed",
-    "unit_target_sums",
 ]
 
 
@@ -147,30 +145,6 @@ class SceneData:
         )
 
 
-def unit_target_sums(
-    record: SceneRecord, device: torch.device, dim: int
-) -> tuple[Tensor, Tensor]:
-    """``(seen_points [S], unit_sums [S, D])`` from the record's features and pairs.
-
-    Teacher maps go to the device once (float16 as cached) and are sampled image by image
-    (``model.losses.sample_teacher``), so the [M, D] per-pair targets never exist at once.
-    """
-    corr_point = torch.from_numpy(record.corr_point.astype(np.int64)).to(device)
-    seen, inverse = torch.unique(corr_point, sorted=True, return_inverse=True)
-    sums = torch.zeros((seen.numel(), dim), dtype=torch.float32, device=device)
-    offsets = record.corr_offsets
-    uv_all = torch.from_numpy(record.corr_uv).to(device)
-    for i in range(record.num_images):
-        a, b = int(offsets[i]), int(offsets[i + 1])
-        if b <= a:
-            continue
-        fmap = torch.from_numpy(np.ascontiguousarray(record.features[i])).to(device)
-        zero = torch.zeros(b - a, dtype=torch.int64, device=device)
-        targets = sample_teacher([fmap], zero, uv_all[a:b])
-        sums.index_add_(0, inverse[a:b], F.normalize(targets, dim=1, eps=1e-8))
-    return seen, sums
-
-
 def load_scene(
     cache: Cache,
     scene_id: str,
@@ -180,19 +154,25 @@ def load_scene(
     max_images: int | None,
     seed: int,
     voxel_size: float | None = None,
+    teacher: bool = True,
 ) -> SceneData:
     """Read a scene (points, a seeded image subset) and sample its teacher targets once.
 
     ``voxel_size``: the network's (from its checkpoint); default the cache's.
+    ``teacher=False``: points only (no method of the run distils), nothing else is read.
     """
     t0 = time.perf_counter()
     device = torch.device(device)
-    counts = cache.scene_info(scene_id).get("counts", {})
-    n_img = int(counts.get("images", 0))
-    images = image_subset(n_img, max_images, seed, scene_id)
-    subset = None if len(images) == n_img else images
-    rec = cache.read_scene(scene_id, images=subset, features=True)
-    dim = int(rec.features.shape[-1]) if rec.num_images else int(cache.meta.teacher.get("dim", 0))
+    dim = int(cache.meta.teacher.get("dim", 0))
+    if teacher:
+        counts = cache.scene_info(scene_id).get("counts", {})
+        n_img = int(counts.get("images", 0))
+        images = image_subset(n_img, max_images, seed, scene_id)
+        subset = None if len(images) == n_img else images
+        rec = cache.read_scene(scene_id, images=subset, features=True)
+        dim = int(rec.features.shape[-1]) if rec.num_images else dim
+    else:
+        images, rec = [], cache.read_points(scene_id)
     seen, sums = unit_target_sums(rec, device, dim)
     num_pairs = rec.num_corr
     rec.features = None  # the maps are no longer needed: the sums hold what TTT reads

@@ -56,13 +56,25 @@ class SweepPoint:
     teacher: str = ""
 
 
-def _points(sweep: str, value: Any, result: dict, cfg: AdaptConfig, teacher: str) -> list[SweepPoint]:
+def _points(
+    sweep: str, value: Any, result: dict, cfg: AdaptConfig, teacher: str
+) -> list[SweepPoint]:
     out = []
     for name, res in result["methods"].items():
         t = res["timing"]
         out.append(
-            SweepPoint(sweep, value, name, res["overall"]["miou"], res["overall"]["accuracy"],
-                       t["scenes_per_s"], t["ms_per_step"], cfg.momentum, cfg.steps, teacher)
+            SweepPoint(
+                sweep,
+                value,
+                name,
+                res["overall"]["miou"],
+                res["overall"]["accuracy"],
+                t["scenes_per_s"],
+                t["ms_per_step"],
+                cfg.momentum,
+                cfg.steps,
+                teacher,
+            )
         )
     return out
 
@@ -158,8 +170,10 @@ def plot_sweeps(rows: Sequence[SweepPoint], out: Path) -> Path | None:
         if sweep == "teacher":
             names = list(dict.fromkeys(r.value for r in pts))
             for j, method in enumerate(("source", "ttt-kd")):
-                vals = [100 * next((r.miou or 0 for r in pts if r.value == n and r.method == method), 0)
-                        for n in names]
+                vals = [
+                    100 * next((r.miou or 0 for r in pts if r.value == n and r.method == method), 0)
+                    for n in names
+                ]
                 ax.bar([i + 0.4 * j for i in range(len(names))], vals, 0.4, label=method)
             ax.set_xticks([i + 0.2 for i in range(len(names))], names)
             ax.set_ylabel("mIoU (%)")
@@ -182,8 +196,13 @@ def plot_sweeps(rows: Sequence[SweepPoint], out: Path) -> Path | None:
                 if src is not None:
                     ax.axhline(100 * src, color="gray", ls="--", label="source")
             ax.plot(xs, ys, marker="o", label="TTT-KD-O" if sweep == "stride" else "TTT-KD")
-            ax.set_xlabel({"steps": "TTT steps", "images": "images per scene",
-                           "stride": "stride (scenes per update)"}[sweep])
+            ax.set_xlabel(
+                {
+                    "steps": "TTT steps",
+                    "images": "images per scene",
+                    "stride": "stride (scenes per update)",
+                }[sweep]
+            )
             if sweep == "stride":
                 twin = ax.twinx()
                 twin.plot(xs, [r.scenes_per_s or 0 for r in pts], color="tab:orange", marker="s")

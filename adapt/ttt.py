@@ -21,7 +21,15 @@ from tttkd.adapt.safety import Divergence, DivergenceGuard
 from tttkd.adapt.scenes import SceneData, View
 from tttkd.model.network import SegKDNet
 
-__all__ = ["StepLog", "kd_loss", "kd_optimizer", "predict_view", "run_kd_steps", "synchronize"]
+__all__ = [
+    "StepLog",
+    "evaluate_view",
+    "kd_loss",
+    "kd_optimizer",
+    "predict_view",
+    "run_kd_steps",
+    "synchronize",
+]
 
 
 def synchronize(device: torch.device) -> None:
@@ -34,9 +42,10 @@ def synchronize(device: torch.device) -> None:
 class StepLog:
     """What happened during one view's TTT steps."""
 
-    losses: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)  # before each step
     step_ms: list[float] = field(default_factory=list)
     divergence: Divergence | None = None
+    loss_after: float | None = None  # after the last step (set by the caller's check)
 
     @property
     def steps(self) -> int:
@@ -61,6 +70,12 @@ def kd_loss(net: SegKDNet, scene: SceneData, view: View, kind: str = "cosine") -
     feats = net.features(view.feats, view.context)
     if scene.num_pairs == 0:
         return feats.sum() * 0.0
+    return _loss_from_features(net, scene, view, feats, kind)
+
+
+def _loss_from_features(
+    net: SegKDNet, scene: SceneData, view: View, feats: Tensor, kind: str
+) -> Tensor:
     pred = F.normalize(net.kd_head(feats[view.kd_rows]), dim=1, eps=1e-8)
     loss = 1.0 - (pred * view.kd_targets).sum() / scene.num_pairs
     return loss if kind == "cosine" else 2.0 * loss
@@ -114,6 +129,24 @@ def run_kd_steps(
                 log.divergence = verdict
                 break
     return log
+
+
+@torch.no_grad()
+def evaluate_view(
+    net: SegKDNet, scene: SceneData, view: View, bn_mode: str = "eval", kind: str = "cosine"
+) -> tuple[Tensor, float | None]:
+    """Logits per cached point AND the KD loss (None without pairs), from one backbone forward.
+
+    After the last TTT step nothing has checked the weights yet; this forward serves both
+    the prediction and that check at no extra cost.
+    """
+    with bn_phase(net, bn_mode, "predict"):
+        feats = net.features(view.feats, view.context)
+        logits = net.seg_head(feats)
+        loss = None
+        if scene.num_pairs:
+            loss = float(_loss_from_features(net, scene, view, feats, kind))
+    return logits.float()[view.row_of_point], loss
 
 
 @torch.no_grad()

@@ -32,11 +32,19 @@ def _prep(tmp: Path, spacing: float, voxel: float) -> str:
     from tttkd.pipeline.synthetic.scannet_writer import write_scannet_dataset
 
     root = tmp / "scannet"
-    write_scannet_dataset(root, 1, frames=("25k",), splits=["val"], views_per_scene=4,
-                          domain=Domain(spacing=spacing))
+    write_scannet_dataset(
+        root, 1, frames=("25k",), splits=["val"], views_per_scene=4, domain=Domain(spacing=spacing)
+    )
     out = str(tmp / "feats.zarr")
-    cfg = PrepConfig(dataset="scannet", root=str(root), out=out, teacher="test_vit_tiny",
-                     image_size=56, voxel_size=voxel, reader_options={"frames": "25k"})
+    cfg = PrepConfig(
+        dataset="scannet",
+        root=str(root),
+        out=out,
+        teacher="test_vit_tiny",
+        image_size=56,
+        voxel_size=voxel,
+        reader_options={"frames": "25k"},
+    )
     report = run_prep(cfg, progress=False, echo=lambda s: None)
     if report.exit_code:
         raise RuntimeError(f"prep failed: {report.failed}")
@@ -58,8 +66,9 @@ def bench_reuse(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
     torch.manual_seed(0)
     dim = int(cache.meta.teacher["dim"])
     net = SegKDNet(build_backbone(args.arch, in_channels=3, backend=backend), 20, dim).to(device)
-    scene = load_scene(cache, cache.scene_ids()[0], device=device, backend=backend,
-                       max_images=None, seed=0)
+    scene = load_scene(
+        cache, cache.scene_ids()[0], device=device, backend=backend, max_images=None, seed=0
+    )
     view = scene.view(0.0)
     opt = kd_optimizer(net, lr=1e-3, momentum=0.0)  # small lr: timing, not adaptation
 
@@ -89,8 +98,12 @@ def bench_reuse(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
         f"{f:.0f} ms rebuilding the context every step -> reuse speedup {f / r:.2f}x "
         f"(goal >= 1.3x)"
     )
-    return {"step_ms_reuse": r, "step_ms_fresh": f, "reuse_speedup": f / r,
-            "voxels": view.num_voxels}
+    return {
+        "step_ms_reuse": r,
+        "step_ms_fresh": f,
+        "reuse_speedup": f / r,
+        "voxels": view.num_voxels,
+    }
 
 
 def _feature_cache(tmp: Path, args: argparse.Namespace) -> tuple[str, str]:
@@ -102,15 +115,22 @@ def _feature_cache(tmp: Path, args: argparse.Namespace) -> tuple[str, str]:
     n, p, i = 60000, 200000, args.images
     h, w = args.grid
     pairs_per_image = 20000
-    meta = CacheMeta(dataset="scannet", voxel_size=0.04, image_policy={"bench": True},
-                     teacher={"name": "bench", "dim": args.dim}, label_set="scannet20",
-                     class_names=[f"c{k}" for k in range(20)])
+    meta = CacheMeta(
+        dataset="scannet",
+        voxel_size=0.04,
+        image_policy={"bench": True},
+        teacher={"name": "bench", "dim": args.dim},
+        label_set="scannet20",
+        class_names=[f"c{k}" for k in range(20)],
+    )
     url = str(tmp / "features.zarr")
     cache = Cache.create(url, meta)
     offsets = np.arange(i + 1, dtype=np.int64) * pairs_per_image
     rec = SceneRecord(
-        scene_id="bench_scene", split="val",
-        xyz=rng.random((n, 3), np.float32) * 5, rgb=rng.integers(0, 255, (n, 3), np.uint8),
+        scene_id="bench_scene",
+        split="val",
+        xyz=rng.random((n, 3), np.float32) * 5,
+        rgb=rng.integers(0, 255, (n, 3), np.uint8),
         label=rng.integers(0, 20, n).astype(np.int16),
         voxel_of_point=rng.integers(0, n, p).astype(np.int32),
         full_label=rng.integers(0, 20, p).astype(np.int16),
@@ -146,8 +166,10 @@ def bench_teacher(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
     cached()
     read_ms = min(cached() for _ in range(args.repeats))
     teacher = load_teacher(args.teacher, None, None, device, random_init=True, batch_size=4)
-    images = [np.random.default_rng(k).integers(0, 255, (480, 640, 3), np.uint8)
-              for k in range(args.teacher_images)]
+    images = [
+        np.random.default_rng(k).integers(0, 255, (480, 640, 3), np.uint8)
+        for k in range(args.teacher_images)
+    ]
     teacher.encode(images[:1])  # warm-up
     times = []
     for _ in range(max(1, args.repeats - 1)):
@@ -164,8 +186,12 @@ def bench_teacher(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
         f"(random init, 448 px) on the fly {per_image:.0f} ms/image -> {fly_ms:.0f} ms; "
         f"cache is {fly_ms / read_ms:.1f}x cheaper"
     )
-    return {"cached_read_ms": read_ms, "teacher_ms_per_image": per_image,
-            "teacher_scene_ms": fly_ms, "teacher_ratio": fly_ms / read_ms}
+    return {
+        "cached_read_ms": read_ms,
+        "teacher_ms_per_image": per_image,
+        "teacher_scene_ms": fly_ms,
+        "teacher_ratio": fly_ms / read_ms,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:

@@ -26,81 +26,162 @@ def _options(f: Callable) -> Callable:
     opts = [
         click.option("--cache", "cache", help="the teacher cache (tttkd-prep --out), path or URL"),
         click.option(
-            "--checkpoint", "checkpoint", type=click.Path(dir_okay=False),
+            "--checkpoint",
+            "checkpoint",
+            type=click.Path(dir_okay=False),
             help="a checkpoint written by tttkd-train (.safetensors)",
         ),
         click.option("--out", "out", type=click.Path(file_okay=False), help="output folder"),
         click.option(
-            "--steps", type=click.IntRange(min=0), default=d.steps, show_default=True,
+            "--steps",
+            type=click.IntRange(min=0),
+            default=d.steps,
+            show_default=True,
             help="offline TTT-KD: SGD steps per scene (and rotation)",
         ),
         click.option("--lr", type=float, default=d.lr, show_default=True, help="TTT-KD SGD lr"),
         click.option(
-            "--momentum", type=click.FloatRange(0, 1, max_open=True), default=d.momentum,
-            show_default=True, help="TTT-KD SGD momentum (paper B.5 compares 0.9)",
+            "--momentum",
+            type=click.FloatRange(0, 1, max_open=True),
+            default=d.momentum,
+            show_default=True,
+            help="TTT-KD SGD momentum (paper B.5 compares 0.9)",
         ),
         click.option(
-            "--stride", type=click.IntRange(min=1), default=d.stride, show_default=True,
+            "--stride",
+            type=click.IntRange(min=1),
+            default=d.stride,
+            show_default=True,
             help="ttt-kd-online: update on every s-th scene of the stream (1st, 1+s-th, ...)",
         ),
         click.option(
-            "--online-steps", type=click.IntRange(min=1), default=d.online_steps,
-            show_default=True, help="ttt-kd-online: steps per updated scene",
+            "--online-steps",
+            type=click.IntRange(min=1),
+            default=d.online_steps,
+            show_default=True,
+            help="ttt-kd-online: steps per updated scene",
         ),
         click.option(
-            "--rotations", type=click.IntRange(min=1), default=d.rotations, show_default=True,
+            "--rotations",
+            type=click.IntRange(min=1),
+            default=d.rotations,
+            show_default=True,
             help="R rotations about +Z (2 pi r / R): TTT then predict each, logits summed",
         ),
         click.option(
-            "--bn-mode", type=click.Choice(BN_MODES), default=d.bn_mode, show_default=True,
+            "--bn-mode",
+            type=click.Choice(BN_MODES),
+            default=d.bn_mode,
+            show_default=True,
             help="BatchNorm during TTT: eval = training statistics throughout; train = batch "
             "statistics in steps (running ones updated), running ones for prediction; scene = "
             "the scene's batch statistics in steps and prediction",
         ),
         click.option(
-            "--max-images", type=click.IntRange(min=1), default=None,
+            "--max-images",
+            type=click.IntRange(min=1),
+            default=None,
             help="images per scene for TTT (seeded subset per scene) [default: all cached]",
         ),
         click.option(
-            "--kd-loss", type=click.Choice(["cosine", "l2"]), default=d.kd_loss,
-            show_default=True, help="distillation loss form (use the training one)",
+            "--kd-loss",
+            type=click.Choice(["cosine", "l2"]),
+            default=d.kd_loss,
+            show_default=True,
+            help="distillation loss form (use the training one)",
         ),
         click.option(
-            "--divergence-ratio", type=float, default=d.divergence_ratio, show_default=True,
+            "--divergence-ratio",
+            type=float,
+            default=d.divergence_ratio,
+            show_default=True,
             help="stop a scene's TTT when its KD loss exceeds this x its first loss (or is "
             "non-finite) and fall back to the unadapted prediction",
         ),
         click.option(
-            "--bn-passes", type=click.IntRange(min=1), default=d.bn_passes, show_default=True,
+            "--bn-passes",
+            type=click.IntRange(min=1),
+            default=d.bn_passes,
+            show_default=True,
             help="bn (DUA): augmented passes per scene",
         ),
         click.option(
-            "--bn-momentum", type=float, default=d.bn_momentum, show_default=True,
+            "--bn-momentum",
+            type=float,
+            default=d.bn_momentum,
+            show_default=True,
             help="bn (DUA): first momentum (then x bn-decay per pass, floor bn-min-momentum)",
         ),
-        click.option("--bn-decay", type=float, default=d.bn_decay, show_default=True,
-                     help="bn (DUA): momentum decay per pass"),
-        click.option("--bn-min-momentum", type=float, default=d.bn_min_momentum,
-                     show_default=True, help="bn (DUA): momentum floor"),
-        click.option("--bn-augment/--no-bn-augment", default=d.bn_augment, show_default=True,
-                     help="bn (DUA): random rotation + mirror per pass"),
-        click.option("--tent-lr", type=float, default=d.tent_lr, show_default=True,
-                     help="tent: Adam learning rate on BN affine parameters"),
-        click.option("--tent-steps", type=click.IntRange(min=1), default=d.tent_steps,
-                     show_default=True, help="tent: steps per scene"),
-        click.option("--tent-episodic/--tent-online", default=d.tent_episodic,
-                     show_default=True, help="tent: reset per scene, or carry (original)"),
-        click.option("--split", default=None,
-                     help="adapt on this cache split (default: every scene, or --scenes)"),
+        click.option(
+            "--bn-decay",
+            type=float,
+            default=d.bn_decay,
+            show_default=True,
+            help="bn (DUA): momentum decay per pass",
+        ),
+        click.option(
+            "--bn-min-momentum",
+            type=float,
+            default=d.bn_min_momentum,
+            show_default=True,
+            help="bn (DUA): momentum floor",
+        ),
+        click.option(
+            "--bn-augment/--no-bn-augment",
+            default=d.bn_augment,
+            show_default=True,
+            help="bn (DUA): random rotation + mirror per pass",
+        ),
+        click.option(
+            "--tent-lr",
+            type=float,
+            default=d.tent_lr,
+            show_default=True,
+            help="tent: Adam learning rate on BN affine parameters",
+        ),
+        click.option(
+            "--tent-steps",
+            type=click.IntRange(min=1),
+            default=d.tent_steps,
+            show_default=True,
+            help="tent: steps per scene",
+        ),
+        click.option(
+            "--tent-episodic/--tent-online",
+            default=d.tent_episodic,
+            show_default=True,
+            help="tent: reset per scene, or carry (original)",
+        ),
+        click.option(
+            "--split",
+            default=None,
+            help="adapt on this cache split (default: every scene, or --scenes)",
+        ),
         click.option("--scenes", default=None, help="comma-separated scene ids, in stream order"),
-        click.option("--seed", type=int, default=d.seed, show_default=True,
-                     help="seeds image subsets and augmentations (per scene: order-free)"),
-        click.option("--device", default="auto", show_default=True,
-                     help="auto (cuda when available), cpu, cuda, cuda:1, ..."),
-        click.option("--threads", type=click.IntRange(min=1), default=None,
-                     help="torch CPU threads [default: torch's]; 1 = bitwise repeatable on CPU"),
-        click.option("--backend", default=None,
-                     help="sparse backend torch|spconv|minkowski [default: the checkpoint's]"),
+        click.option(
+            "--seed",
+            type=int,
+            default=d.seed,
+            show_default=True,
+            help="seeds image subsets and augmentations (per scene: order-free)",
+        ),
+        click.option(
+            "--device",
+            default="auto",
+            show_default=True,
+            help="auto (cuda when available), cpu, cuda, cuda:1, ...",
+        ),
+        click.option(
+            "--threads",
+            type=click.IntRange(min=1),
+            default=None,
+            help="torch CPU threads [default: torch's]; 1 = bitwise repeatable on CPU",
+        ),
+        click.option(
+            "--backend",
+            default=None,
+            help="sparse backend torch|spconv|minkowski [default: the checkpoint's]",
+        ),
         click.option("--progress/--no-progress", default=True, help="progress bar"),
     ]
     for opt in reversed(opts):
@@ -119,16 +200,31 @@ def _device(name: str) -> str:
 def _config(methods: tuple[str, ...], kw: dict[str, Any], **extra: Any) -> AdaptConfig:
     return AdaptConfig(
         methods=methods,
-        steps=kw["steps"], lr=kw["lr"], momentum=kw["momentum"], stride=kw["stride"],
-        online_steps=kw["online_steps"], kd_loss=kw["kd_loss"], rotations=kw["rotations"],
-        bn_mode=kw["bn_mode"], max_images=kw["max_images"],
-        divergence_ratio=kw["divergence_ratio"], bn_passes=kw["bn_passes"],
-        bn_momentum=kw["bn_momentum"], bn_decay=kw["bn_decay"],
-        bn_min_momentum=kw["bn_min_momentum"], bn_augment=kw["bn_augment"],
-        tent_lr=kw["tent_lr"], tent_steps=kw["tent_steps"], tent_episodic=kw["tent_episodic"],
-        seed=kw["seed"], device=_device(kw["device"]), threads=kw["threads"],
+        steps=kw["steps"],
+        lr=kw["lr"],
+        momentum=kw["momentum"],
+        stride=kw["stride"],
+        online_steps=kw["online_steps"],
+        kd_loss=kw["kd_loss"],
+        rotations=kw["rotations"],
+        bn_mode=kw["bn_mode"],
+        max_images=kw["max_images"],
+        divergence_ratio=kw["divergence_ratio"],
+        bn_passes=kw["bn_passes"],
+        bn_momentum=kw["bn_momentum"],
+        bn_decay=kw["bn_decay"],
+        bn_min_momentum=kw["bn_min_momentum"],
+        bn_augment=kw["bn_augment"],
+        tent_lr=kw["tent_lr"],
+        tent_steps=kw["tent_steps"],
+        tent_episodic=kw["tent_episodic"],
+        seed=kw["seed"],
+        device=_device(kw["device"]),
+        threads=kw["threads"],
         backend=kw["backend"],
-        split=kw["split"], scenes=_csv(kw["scenes"]), **extra,
+        split=kw["split"],
+        scenes=_csv(kw["scenes"]),
+        **extra,
     )
 
 
@@ -151,16 +247,29 @@ def _errors() -> tuple[type[Exception], ...]:
 )
 @_options
 @click.option(
-    "--method", "methods", default=",".join(_DEFAULT.methods), show_default=True,
+    "--method",
+    "methods",
+    default=",".join(_DEFAULT.methods),
+    show_default=True,
     help="comma-separated: source, ttt-kd, ttt-kd-online, bn, tent (one run, shared scenes)",
 )
 @click.option("--save-predictions", is_flag=True, help="write predictions/<method>/<scene>.npy")
-@click.option("--ply", "save_ply", is_flag=True,
-              help="with --save-predictions: also a coloured .ply per scene (voxel points)")
+@click.option(
+    "--ply",
+    "save_ply",
+    is_flag=True,
+    help="with --save-predictions: also a coloured .ply per scene (voxel points)",
+)
 @click.option("--no-plots", is_flag=True, help="skip the PNG plots")
 @click.pass_context
-def cli(ctx: click.Context, methods: str, save_predictions: bool, save_ply: bool,
-        no_plots: bool, **kw: Any) -> None:
+def cli(
+    ctx: click.Context,
+    methods: str,
+    save_predictions: bool,
+    save_ply: bool,
+    no_plots: bool,
+    **kw: Any,
+) -> None:
     """Test-time training (TTT-KD, offline and online) and baselines, scored per scene.
 
     \b
@@ -180,7 +289,11 @@ def cli(ctx: click.Context, methods: str, save_predictions: bool, save_ply: bool
     try:
         cfg = _config(_csv(methods), kw, save_predictions=save_predictions, save_ply=save_ply)
         result = run_adaptation(
-            cfg, kw["cache"], kw["checkpoint"], out=kw["out"], echo=click.echo,
+            cfg,
+            kw["cache"],
+            kw["checkpoint"],
+            out=kw["out"],
+            echo=click.echo,
             progress=kw["progress"],
         ).to_dict()
     except _errors() as e:
@@ -192,16 +305,37 @@ def cli(ctx: click.Context, methods: str, save_predictions: bool, save_ply: bool
 
 @cli.command("sweep", context_settings={"max_content_width": 100})
 @_options
-@click.option("--over", default="steps", show_default=True,
-              help="comma-separated sweeps: steps, images, teacher, stride, momentum")
-@click.option("--values", "value_specs", multiple=True,
-              help="SWEEP=v1,v2,... values of one sweep (repeatable), e.g. steps=1,10,100")
-@click.option("--momentum-steps", default="10,50,100", show_default=True,
-              help="momentum sweep: step counts per momentum value")
-@click.option("--teacher", "teachers", multiple=True,
-              help="teacher sweep: NAME=CACHE::CHECKPOINT (repeatable, one per teacher)")
-def sweep_cmd(over: str, value_specs: tuple[str, ...], momentum_steps: str,
-              teachers: tuple[str, ...], **kw: Any) -> None:
+@click.option(
+    "--over",
+    default="steps",
+    show_default=True,
+    help="comma-separated sweeps: steps, images, teacher, stride, momentum",
+)
+@click.option(
+    "--values",
+    "value_specs",
+    multiple=True,
+    help="SWEEP=v1,v2,... values of one sweep (repeatable), e.g. steps=1,10,100",
+)
+@click.option(
+    "--momentum-steps",
+    default="10,50,100",
+    show_default=True,
+    help="momentum sweep: step counts per momentum value",
+)
+@click.option(
+    "--teacher",
+    "teachers",
+    multiple=True,
+    help="teacher sweep: NAME=CACHE::CHECKPOINT (repeatable, one per teacher)",
+)
+def sweep_cmd(
+    over: str,
+    value_specs: tuple[str, ...],
+    momentum_steps: str,
+    teachers: tuple[str, ...],
+    **kw: Any,
+) -> None:
     """Figure-1 ablations: one run per value; figure1.png + sweep.csv in --out."""
     from tttkd.adapt.sweep import TeacherPair, run_sweeps
 
@@ -219,15 +353,23 @@ def sweep_cmd(over: str, value_specs: tuple[str, ...], momentum_steps: str,
         name, sep, rest = spec.partition("=")
         cache, sep2, ckpt = rest.partition("::")
         if not (sep and sep2 and name and cache and ckpt):
-            raise click.BadParameter(f"{spec!r}: expected NAME=CACHE::CHECKPOINT",
-                                     param_hint="--teacher")
+            raise click.BadParameter(
+                f"{spec!r}: expected NAME=CACHE::CHECKPOINT", param_hint="--teacher"
+            )
         pairs.append(TeacherPair(name, cache, ckpt))
     try:
         base = _config(("ttt-kd",), kw)
         rows = run_sweeps(
-            base, kw["cache"], kw["checkpoint"], kw["out"], sweeps, values=values,
-            momentum_steps=[int(v) for v in _csv(momentum_steps)], teachers=pairs,
-            echo=click.echo, progress=kw["progress"],
+            base,
+            kw["cache"],
+            kw["checkpoint"],
+            kw["out"],
+            sweeps,
+            values=values,
+            momentum_steps=[int(v) for v in _csv(momentum_steps)],
+            teachers=pairs,
+            echo=click.echo,
+            progress=kw["progress"],
         )
     except _errors() as e:
         raise click.ClickException(str(e)) from e

@@ -24,20 +24,22 @@ import numpy as np
 class DemoSettings:
     """Sizes of the demo; ``quick`` is the CI-sized variant."""
 
-    source_scenes: int = 24
-    target_scenes: int = 8
+    source_scenes: int = 16
+    target_scenes: int = 6
     voxel_size: float = 0.1  # coarser than the 4 cm default so the demo runs on 2 CPU cores
     arch: str = "minkunet_test"
     epochs: int = 60
     batch_size: int = 2
     steps: int = 100
-    ttt_lr: float = 1.0
+    # The paper's 1.0 overshoots on this small network (1 of 6 scenes diverged, +13.4 mIoU);
+    # 0.3 rose steadily (+18.9, no fallback). Measured with 100 steps; the README has the run.
+    ttt_lr: float = 0.3
     sweep_steps: tuple[int, ...] = (0, 10, 30, 100)
     workers: int = 2
     seed: int = 0
 
 
-QUICK = DemoSettings(source_scenes=8, target_scenes=3, epochs=25, steps=30, sweep_steps=(0, 30))
+QUICK = DemoSettings(source_scenes=8, target_scenes=3, epochs=30, steps=40, sweep_steps=(0, 40))
 
 
 def _stage(name: str) -> float:
@@ -243,9 +245,14 @@ def _topdown(out: Path, cache_url: str, joint: dict, checkpoint: Path) -> Path:
 )
 @click.option("--quick", is_flag=True, help="the small CI-sized variant (a few minutes)")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--epochs", type=int, default=None, help="training epochs (default 60; quick 25)")
+@click.option("--epochs", type=int, default=None, help="training epochs (default 60; quick 30)")
 @click.option("--steps", type=int, default=None, help="TTT steps per scene (default 100)")
-@click.option("--ttt-lr", type=float, default=None, help="TTT SGD learning rate (default 1.0)")
+@click.option(
+    "--ttt-lr",
+    type=float,
+    default=None,
+    help="TTT SGD learning rate (default 0.3, see DemoSettings)",
+)
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def cli(
     out: Path,

@@ -37,7 +37,8 @@ class SceneOutcome:
     logits: Tensor  # float32 [N_cached, C] on CPU, summed over rotations
     updated: bool = False  # did the weights change for this scene
     steps: int = 0
-    losses: list[list[float]] = field(default_factory=list)  # per rotation
+    losses: list[list[float]] = field(default_factory=list)  # per rotation, before each step
+    losses_after: list[float] = field(default_factory=list)  # per rotation, after the last
     step_ms: list[float] = field(default_factory=list)
     fallback: Divergence | None = None
     seconds: float = 0.0
@@ -52,6 +53,9 @@ class SceneOutcome:
             "steps": self.steps,
             "loss_first": (sum(first) / len(first)) if first else None,
             "loss_last": (sum(last) / len(last)) if last else None,
+            "loss_after": (
+                sum(self.losses_after) / len(self.losses_after) if self.losses_after else None
+            ),
             "ms_per_step": (sum(self.step_ms) / len(self.step_ms)) if self.step_ms else None,
             "fallback": self.fallback.to_dict() if self.fallback else None,
             "seconds": self.seconds,
@@ -64,6 +68,7 @@ class Method:
 
     name: ClassVar[str] = "method"
     online: ClassVar[bool] = False
+    uses_teacher: ClassVar[bool] = False  # reads teacher features (the runner skips them if none)
 
     def __init__(self, net: SegKDNet, cfg: AdaptConfig):
         self.cfg = cfg
@@ -106,5 +111,7 @@ class Method:
         out.steps += log.steps
         out.losses.append(log.losses)
         out.step_ms.extend(log.step_ms)
+        if log.loss_after is not None:
+            out.losses_after.append(log.loss_after)
         if log.divergence is not None and out.fallback is None:
             out.fallback = log.divergence

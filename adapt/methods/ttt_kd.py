@@ -16,28 +16,36 @@ from tttkd.adapt.config import AdaptConfig
 from tttkd.adapt.methods.base import Method, SceneOutcome
 from tttkd.adapt.safety import Divergence, DivergenceGuard
 from tttkd.adapt.scenes import SceneData
-from tttkd.adapt.ttt import kd_optimizer, predict_view, run_kd_steps
+from tttkd.adapt.ttt import StepLog, evaluate_view, kd_optimizer, predict_view, run_kd_steps
 from tttkd.model.network import SegKDNet
 
 __all__ = ["TTTKD", "TTTKDOnline"]
 
 
-def _non_finite(logits: Tensor, step: int) -> Divergence | None:
-    if bool(torch.isfinite(logits).all()):
+def check_after(
+    guard: DivergenceGuard, log: StepLog, logits: Tensor, loss: float | None
+) -> Divergence | None:
+    """Judge the weights left by the last step: its loss and the logits made with them."""
+    log.loss_after = loss
+    if not bool(torch.isfinite(logits).all()):
+        return Divergence(log.steps, float("nan"), "non-finite logits after adaptation")
+    if loss is None or not log.steps:
         return None
-    return Divergence(step, float("nan"), "non-finite logits after adaptation")
+    return guard.check(log.steps, loss)
 
 
 class TTTKD(Method):
     """Offline TTT-KD: reset to the trained weights for every scene and rotation."""
 
     name = "ttt-kd"
+    uses_teacher = True
 
     def adapt_view(self, scene: SceneData, angle: float, r: int, out: SceneOutcome) -> Tensor:
         cfg = self.cfg
         view = scene.view(angle)
         self.reset()
         optimizer = kd_optimizer(self.net, cfg.lr, cfg.momentum)
+        guard = DivergenceGuard(cfg.divergence_ratio)
         log = run_kd_steps(
             self.net,
             optimizer,
@@ -46,17 +54,16 @@ class TTTKD(Method):
             steps=cfg.steps,
             bn_mode=cfg.bn_mode,
             kind=cfg.kd_loss,
-            guard=DivergenceGuard(cfg.divergence_ratio),
+            guard=guard,
         )
-        self.record_steps(out, log)
-        out.updated = out.updated or log.steps > 0
         logits = None
         if log.divergence is None:
-            logits = predict_view(self.net, view, cfg.bn_mode)
-            bad = _non_finite(logits, log.steps)
-            if bad is not None:
-                out.fallback = out.fallback or bad
+            logits, loss = evaluate_view(self.net, scene, view, cfg.bn_mode, cfg.kd_loss)
+            log.divergence = check_after(guard, log, logits, loss)
+            if log.divergence is not None:
                 logits = None
+        self.record_steps(out, log)
+        out.updated = out.updated or log.steps > 0
         if logits is None:  # fall back to the unadapted prediction
             self.reset()
             logits = predict_view(self.net, view)
@@ -69,14 +76,17 @@ class TTTKDOnline(Method):
 
     name = "ttt-kd-online"
     online = True
+    uses_teacher = True
 
     def __init__(self, net: SegKDNet, cfg: AdaptConfig):
         super().__init__(net, cfg)
         self.optimizer = kd_optimizer(self.net, cfg.lr, cfg.momentum)
         self.updates = 0  # scenes whose weights were stepped (the stride test counts these)
+        self._unrotated: tuple[str, Tensor] | None = None
 
     def begin_scene(self, scene: SceneData, out: SceneOutcome) -> None:
         cfg = self.cfg
+        out.extra["updates_so_far"] = self.updates
         if self.scenes_seen % cfg.stride != 0:
             return
         before = self.state_snapshot()
@@ -84,32 +94,36 @@ class TTTKDOnline(Method):
             k: v.clone() if isinstance(v, Tensor) else v
             for k, v in _flat_optimizer_state(self.optimizer).items()
         }
+        guard = DivergenceGuard(cfg.divergence_ratio)
+        view = scene.view(0.0)
         log = run_kd_steps(
             self.net,
             self.optimizer,
             scene,
-            scene.view(0.0),
+            view,
             steps=cfg.online_steps,
             bn_mode=cfg.bn_mode,
             kind=cfg.kd_loss,
-            guard=DivergenceGuard(cfg.divergence_ratio),
+            guard=guard,
         )
+        if log.divergence is None and log.steps:
+            logits, loss = evaluate_view(self.net, scene, view, cfg.bn_mode, cfg.kd_loss)
+            log.divergence = check_after(guard, log, logits, loss)
+            if log.divergence is None:
+                self._unrotated = (scene.scene_id, logits)  # the prediction at angle 0
         self.record_steps(out, log)
-        divergence = log.divergence
-        if divergence is None and log.steps:
-            probe = predict_view(self.net, scene.view(0.0), cfg.bn_mode)
-            divergence = _non_finite(probe, log.steps)
-            out.fallback = out.fallback or divergence
-        if divergence is not None:  # undo this scene's step(s): the stream goes on unharmed
+        if log.divergence is not None:  # undo this scene's step(s): the stream goes on unharmed
             self.net.load_state_dict(before, strict=True)
             _restore_optimizer_state(self.optimizer, optim_before)
-            return
-        if log.steps:
+        elif log.steps:
             self.updates += 1
             out.updated = True
         out.extra["updates_so_far"] = self.updates
 
     def adapt_view(self, scene: SceneData, angle: float, r: int, out: SceneOutcome) -> Tensor:
+        cached, self._unrotated = self._unrotated, None
+        if angle == 0.0 and cached is not None and cached[0] == scene.scene_id:
+            return cached[1]  # made by the post-step check with the current weights
         return predict_view(self.net, scene.view(angle), self.cfg.bn_mode)
 
 

@@ -68,8 +68,12 @@ def _train_tiny(url: str, steps: int) -> torch.nn.Module:
     torch.manual_seed(0)
     net = SegKDNet(minkunet_test(in_channels=3), 20, 32, KDHeadConfig(hidden=32))
     ds = CacheSceneDataset(
-        url, "train", voxel_size=VOXEL, train=True,
-        augment_cfg=AugmentConfig(enabled=False), max_images=0,
+        url,
+        "train",
+        voxel_size=VOXEL,
+        train=True,
+        augment_cfg=AugmentConfig(enabled=False),
+        max_images=0,
     )
     items = collate_items([ds[i] for i in range(len(ds))])
     batch = items.batch
@@ -122,16 +126,24 @@ def _make_fixture(tmp_path_factory) -> AdaptFixture:
     net = _train_tiny(url, TRAIN_STEPS)
     ckpt = base / "tiny.safetensors"
     save_checkpoint(
-        ckpt, net, label_set="scannet20", class_names=cache.meta.class_names,
-        teacher_spec=cache.meta.teacher, config={"fixture": "tests/adapt"},
+        ckpt,
+        net,
+        label_set="scannet20",
+        class_names=cache.meta.class_names,
+        teacher_spec=cache.meta.teacher,
+        config={"fixture": "tests/adapt"},
     )
     torch.manual_seed(1)
     s3dis = get_label_set("s3dis13")
     other = SegKDNet(minkunet_test(in_channels=3), s3dis.num_classes, 32, KDHeadConfig(hidden=32))
     s3dis_ckpt = base / "tiny_s3dis.safetensors"
     save_checkpoint(
-        s3dis_ckpt, other.eval(), label_set="s3dis13", class_names=s3dis.class_names,
-        teacher_spec=cache.meta.teacher, config={"fixture": "tests/adapt"},
+        s3dis_ckpt,
+        other.eval(),
+        label_set="s3dis13",
+        class_names=s3dis.class_names,
+        teacher_spec=cache.meta.teacher,
+        config={"fixture": "tests/adapt"},
     )
     return AdaptFixture(
         cache=url,

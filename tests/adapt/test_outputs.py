@@ -28,19 +28,38 @@ def test_cli_writes_json_csv_table_plots_and_predictions(adapt_fixture, tmp_path
     fx = adapt_fixture
     out = tmp_path / "run"
     scenes = fx.val_scenes[:2]
-    res = _invoke([
-        "--cache", fx.cache, "--checkpoint", str(fx.checkpoint), "--out", str(out),
-        "--method", "source,ttt-kd,ttt-kd-online,bn,tent", "--steps", "2", "--bn-passes", "2",
-        "--scenes", ",".join(scenes), "--device", "cpu", "--no-progress",
-        "--save-predictions", "--ply", "--seed", "3",
-    ])
+    res = _invoke(
+        [
+            "--cache",
+            fx.cache,
+            "--checkpoint",
+            str(fx.checkpoint),
+            "--out",
+            str(out),
+            "--method",
+            "source,ttt-kd,ttt-kd-online,bn,tent",
+            "--steps",
+            "2",
+            "--bn-passes",
+            "2",
+            "--scenes",
+            ",".join(scenes),
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--save-predictions",
+            "--ply",
+            "--seed",
+            "3",
+        ]
+    )
     assert res.exit_code == 0, res.output
     assert "| method | mIoU | gain vs source |" in res.output
     result = json.loads((out / "results.json").read_text())
     assert result["config"]["steps"] == 2 and result["config"]["seed"] == 3
     assert result["config"]["methods"] == ["source", "ttt-kd", "ttt-kd-online", "bn", "tent"]
     assert result["scenes"] == list(scenes)
-    for name, m in result["methods"].items():
+    for m in result["methods"].values():
         assert sorted(m["scenes"]) == sorted(scenes)
         assert 0 <= m["overall"]["miou"] <= 1 and set(m["overall"]["iou"]) == set(
             result["evaluation"]["scored_classes"]
@@ -76,10 +95,20 @@ def test_cli_writes_json_csv_table_plots_and_predictions(adapt_fixture, tmp_path
 def test_cli_reports_missing_options_and_bad_methods(adapt_fixture, tmp_path):
     res = CliRunner().invoke(cli, ["--out", str(tmp_path)])
     assert res.exit_code != 0 and "--cache" in res.output and "--checkpoint" in res.output
-    res = CliRunner().invoke(cli, [
-        "--cache", adapt_fixture.cache, "--checkpoint", str(adapt_fixture.checkpoint),
-        "--out", str(tmp_path), "--method", "source,magic", "--no-progress",
-    ])
+    res = CliRunner().invoke(
+        cli,
+        [
+            "--cache",
+            adapt_fixture.cache,
+            "--checkpoint",
+            str(adapt_fixture.checkpoint),
+            "--out",
+            str(tmp_path),
+            "--method",
+            "source,magic",
+            "--no-progress",
+        ],
+    )
     assert res.exit_code != 0 and "unknown method 'magic'" in res.output
     assert "--stride" in CliRunner().invoke(cli, ["--help"]).output
 
@@ -90,8 +119,11 @@ def test_cross_dataset_evaluation_scores_only_shared_classes(adapt_fixture):
     fx = adapt_fixture
     preds = {}
     result = run_adaptation(
-        AdaptConfig(methods=("source",), split="val", device="cpu"), fx.cache,
-        fx.s3dis_checkpoint, progress=False, echo=lambda s: None,
+        AdaptConfig(methods=("source",), split="val", device="cpu"),
+        fx.cache,
+        fx.s3dis_checkpoint,
+        progress=False,
+        echo=lambda s: None,
         on_scene=lambda m, s, o: preds.__setitem__(s, o.logits.argmax(1).numpy()),
     )
     shared = list(shared_classes("s3dis13", "scannet20"))
@@ -127,19 +159,39 @@ def test_cross_dataset_evaluation_scores_only_shared_classes(adapt_fixture):
 def test_sweep_writes_csv_and_figure(adapt_fixture, tmp_path):
     fx = adapt_fixture
     out = tmp_path / "sweep"
-    res = _invoke([
-        "sweep", "--cache", fx.cache, "--checkpoint", str(fx.checkpoint), "--out", str(out),
-        "--over", "steps,stride,images", "--values", "steps=0,2", "--values", "stride=1,2",
-        "--values", "images=1", "--scenes", ",".join(fx.val_scenes[:2]), "--device", "cpu",
-        "--no-progress",
-    ])
+    res = _invoke(
+        [
+            "sweep",
+            "--cache",
+            fx.cache,
+            "--checkpoint",
+            str(fx.checkpoint),
+            "--out",
+            str(out),
+            "--over",
+            "steps,stride,images",
+            "--values",
+            "steps=0,2",
+            "--values",
+            "stride=1,2",
+            "--values",
+            "images=1",
+            "--scenes",
+            ",".join(fx.val_scenes[:2]),
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
+    )
     assert res.exit_code == 0, res.output
     rows = list(csv.DictReader((out / "sweep.csv").open()))
     got = [(r["sweep"], r["value"], r["method"]) for r in rows]
     assert got == [
         ("source", "-", "source"),
-        ("steps", "0.0", "ttt-kd"), ("steps", "2.0", "ttt-kd"),
-        ("stride", "1.0", "ttt-kd-online"), ("stride", "2.0", "ttt-kd-online"),
+        ("steps", "0.0", "ttt-kd"),
+        ("steps", "2.0", "ttt-kd"),
+        ("stride", "1.0", "ttt-kd-online"),
+        ("stride", "2.0", "ttt-kd-online"),
         ("images", "1.0", "ttt-kd"),
     ]
     by = {(r["sweep"], r["value"]): r for r in rows}
@@ -158,17 +210,26 @@ def test_scenes_use_the_networks_voxel_size(adapt_fixture, tmp_path):
 
     fx = adapt_fixture
     net, info = load_checkpoint(fx.checkpoint)
-    kw = dict(label_set=info.label_set, class_names=info.class_names,
-              teacher_spec=info.teacher_spec)
+    kw = dict(
+        label_set=info.label_set, class_names=info.class_names, teacher_spec=info.teacher_spec
+    )
     coarse, fine = tmp_path / "coarse.safetensors", tmp_path / "fine.safetensors"
     save_checkpoint(coarse, net, config={"data": {"voxel_size": 0.3}}, **kw)
     save_checkpoint(fine, net, config={"data": {"voxel_size": 0.05}}, **kw)
     result = run_adaptation(
-        AdaptConfig(methods=("source",), scenes=fx.val_scenes[:1]), fx.cache, coarse,
-        progress=False, echo=lambda s: None,
+        AdaptConfig(methods=("source",), scenes=fx.val_scenes[:1]),
+        fx.cache,
+        coarse,
+        progress=False,
+        echo=lambda s: None,
     )
     assert result.cache["network_voxel_size"] == 0.3
     assert any("re-voxelized at the network's 0.3 m" in n for n in result.notes)
     with pytest.raises(AdaptConfigError, match="--voxel-size 0.05"):
-        run_adaptation(AdaptConfig(methods=("source",), scenes=fx.val_scenes[:1]), fx.cache,
-                       fine, progress=False, echo=lambda s: None)
+        run_adaptation(
+            AdaptConfig(methods=("source",), scenes=fx.val_scenes[:1]),
+            fx.cache,
+            fine,
+            progress=False,
+            echo=lambda s: None,
+        )

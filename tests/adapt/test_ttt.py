@@ -20,7 +20,10 @@ def run(fx, *, checkpoint=None, echo=None, **kw):
     outcomes = {}
     cfg = AdaptConfig(**{**FAST, **kw})
     result = run_adaptation(
-        cfg, fx.cache, checkpoint or fx.checkpoint, progress=False,
+        cfg,
+        fx.cache,
+        checkpoint or fx.checkpoint,
+        progress=False,
         echo=echo or (lambda s: None),
         on_scene=lambda m, s, o: outcomes.__setitem__((m, s), o),
     )
@@ -88,16 +91,21 @@ def test_ttt_kd_reduces_the_kd_loss(adapt_fixture):
     for sid in fx.val_scenes:
         losses = out["ttt-kd", sid].losses[0]
         assert len(losses) == 6 and out["ttt-kd", sid].fallback is None
-        assert losses[-1] < losses[0] - 1e-3, (sid, losses)
+        after = out["ttt-kd", sid].losses_after[0]  # the weights that predicted
+        assert losses[-1] < losses[0] - 1e-3 and after < losses[-1], (sid, losses, after)
         rec = result.methods["ttt-kd"]["scenes"][sid]
-        assert rec["loss_last"] < rec["loss_first"] and rec["ms_per_step"] > 0
+        assert rec["loss_after"] < rec["loss_first"] and rec["ms_per_step"] > 0
 
 
 def test_divergence_falls_back_to_the_unadapted_prediction_and_is_reported(adapt_fixture):
     fx = adapt_fixture
     lines: list[str] = []
     result, out = run(
-        fx, methods=("source", "ttt-kd", "ttt-kd-online"), lr=1e6, steps=4, split="val",
+        fx,
+        methods=("source", "ttt-kd", "ttt-kd-online"),
+        lr=1e6,
+        steps=4,
+        split="val",
         echo=lines.append,
     )
     for sid in fx.val_scenes:
@@ -113,7 +121,9 @@ def test_divergence_falls_back_to_the_unadapted_prediction_and_is_reported(adapt
     assert result.methods["ttt-kd-online"]["updates"] == 0
     for sid in fx.val_scenes:
         assert torch.equal(out["ttt-kd-online", sid].logits, out["source", sid].logits)
-    assert result.methods["ttt-kd"]["overall"]["miou"] == result.methods["source"]["overall"]["miou"]
+    assert (
+        result.methods["ttt-kd"]["overall"]["miou"] == result.methods["source"]["overall"]["miou"]
+    )
 
 
 def test_eval_bn_mode_keeps_statistics_and_train_mode_changes_then_resets(adapt_fixture):
@@ -126,8 +136,9 @@ def test_eval_bn_mode_keeps_statistics_and_train_mode_changes_then_resets(adapt_
     fx = adapt_fixture
     net, _ = load_checkpoint(fx.checkpoint)
     cache = Cache.open(fx.cache, read_only=True)
-    scene = load_scene(cache, fx.val_scenes[0], device="cpu", backend="torch", max_images=None,
-                       seed=0)
+    scene = load_scene(
+        cache, fx.val_scenes[0], device="cpu", backend="torch", max_images=None, seed=0
+    )
     before = [m.running_mean.clone() for m in backbone_norms(net)]
     for mode, changes in (("eval", False), ("train", True)):
         method = make_method("ttt-kd", net, AdaptConfig(steps=2, bn_mode=mode))
@@ -155,8 +166,9 @@ def test_rotations_sum_logits_of_each_view(adapt_fixture):
     fx = adapt_fixture
     net, _ = load_checkpoint(fx.checkpoint)
     cache = Cache.open(fx.cache, read_only=True)
-    scene = load_scene(cache, fx.val_scenes[0], device="cpu", backend="torch", max_images=None,
-                       seed=0)
+    scene = load_scene(
+        cache, fx.val_scenes[0], device="cpu", backend="torch", max_images=None, seed=0
+    )
     out = make_method("source", net, AdaptConfig(rotations=3)).process(scene)
     views = [scene.view(a) for a in (0.0, 2 * math.pi / 3, 4 * math.pi / 3)]
     assert not torch.equal(views[0].feats.sum(0), views[1].feats.sum(0)) or not torch.equal(
@@ -205,8 +217,12 @@ def test_kd_loss_from_unit_sums_equals_the_training_loss_over_pairs(adapt_fixtur
         feats = net.features(view.feats, view.context)
         pairs = view.row_of_point[torch.from_numpy(rec.corr_point.astype(np.int64))]
         ref = distillation_loss(
-            net.kd_head(feats), maps, pairs, torch.from_numpy(rec.corr_image.astype(np.int64)),
-            torch.from_numpy(rec.corr_uv), kind,
+            net.kd_head(feats),
+            maps,
+            pairs,
+            torch.from_numpy(rec.corr_image.astype(np.int64)),
+            torch.from_numpy(rec.corr_uv),
+            kind,
         )
         (g_ref,) = torch.autograd.grad(ref, net.backbone.conv0p1s1.weight)
         ours = kd_loss(net, scene, view, kind)
@@ -214,3 +230,20 @@ def test_kd_loss_from_unit_sums_equals_the_training_loss_over_pairs(adapt_fixtur
         assert scene.num_pairs == rec.num_corr > 0
         torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(g_ours, g_ref, rtol=1e-4, atol=1e-6)
+
+
+def test_unit_target_sums_match_sampling_every_pair(adapt_fixture):
+    """The sparse product (cell Gram for the norms) equals sampling, normalising and adding
+    every pair, including pairs on the grid's border (clamped cells)."""
+    from tttkd.adapt.kd_targets import unit_target_sums, unit_target_sums_reference
+    from tttkd.pipeline.cache import Cache
+
+    cache = Cache.open(adapt_fixture.cache, read_only=True)
+    rec = cache.read_scene(adapt_fixture.val_scenes[1])
+    h, w = rec.features.shape[1:3]
+    rec.corr_uv[:5] = [[-0.5, -0.5], [w - 0.5, h - 0.5], [0.0, h - 0.5], [w - 1, 0.0], [0.3, 0.7]]
+    dim = rec.features.shape[-1]
+    seen, sums = unit_target_sums(rec, torch.device("cpu"), dim)
+    seen_ref, sums_ref = unit_target_sums_reference(rec, torch.device("cpu"), dim)
+    assert torch.equal(seen, seen_ref) and sums.shape == (seen.numel(), dim)
+    torch.testing.assert_close(sums, sums_ref, rtol=1e-5, atol=1e-5)
