@@ -35,9 +35,12 @@ class AdaptConfig:
     bn_mode: BnMode = "eval"  # BatchNorm during TTT steps and prediction (METHOD.md)
     max_images: int | None = None  # images read per scene (seeded subset); None: all cached
     # safety: stop a scene's TTT when the KD loss is non-finite or exceeds this x its first value
+    # (for divergence_patience consecutive steps), and fall back when the adapted weights'
+    # loss ends above it.
     # 4: the first SGD steps at a high lr may overshoot (x1.5-2.5 seen on the demo benchmark)
     # and then recover; a cosine loss 4x its first value is near random (measured, README)
     divergence_ratio: float = 4.0
+    divergence_patience: int = 1
     # DUA-style BN statistics (method "bn"); our choices follow DUA's schedule
     bn_passes: int = 16
     bn_momentum: float = 0.1
@@ -76,6 +79,7 @@ class AdaptConfig:
             (self.bn_mode in BN_MODES, f"bn_mode must be one of {', '.join(BN_MODES)}"),
             (self.max_images is None or self.max_images >= 1, "max_images must be >= 1"),
             (self.divergence_ratio > 1, "divergence_ratio must be > 1"),
+            (self.divergence_patience >= 1, "divergence_patience must be >= 1"),
             (self.bn_passes >= 1, "bn_passes must be >= 1"),
             (0 < self.bn_momentum <= 1, "bn_momentum must lie in (0, 1]"),
             (0 < self.bn_decay <= 1, "bn_decay must lie in (0, 1]"),

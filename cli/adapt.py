@@ -95,8 +95,16 @@ def _options(f: Callable) -> Callable:
             type=float,
             default=d.divergence_ratio,
             show_default=True,
-            help="stop a scene's TTT when its KD loss exceeds this x its first loss (or is "
-            "non-finite) and fall back to the unadapted prediction",
+            help="safety: a scene's TTT stops when its KD loss is non-finite or stays above "
+            "this x its first loss for --divergence-patience steps, or ends above it; the "
+            "scene then falls back to the unadapted prediction",
+        ),
+        click.option(
+            "--divergence-patience",
+            type=click.IntRange(min=1),
+            default=d.divergence_patience,
+            show_default=True,
+            help="safety: consecutive steps above the bound before TTT stops (lr 1.0 spikes)",
         ),
         click.option(
             "--bn-passes",
@@ -210,6 +218,7 @@ def _config(methods: tuple[str, ...], kw: dict[str, Any], **extra: Any) -> Adapt
         bn_mode=kw["bn_mode"],
         max_images=kw["max_images"],
         divergence_ratio=kw["divergence_ratio"],
+        divergence_patience=kw["divergence_patience"],
         bn_passes=kw["bn_passes"],
         bn_momentum=kw["bn_momentum"],
         bn_decay=kw["bn_decay"],

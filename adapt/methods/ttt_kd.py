@@ -31,7 +31,7 @@ def check_after(
         return Divergence(log.steps, float("nan"), "non-finite logits after adaptation")
     if loss is None or not log.steps:
         return None
-    return guard.check(log.steps, loss)
+    return guard.check_final(log.steps, loss)
 
 
 class TTTKD(Method):
@@ -45,7 +45,7 @@ class TTTKD(Method):
         view = scene.view(angle)
         self.reset()
         optimizer = kd_optimizer(self.net, cfg.lr, cfg.momentum)
-        guard = DivergenceGuard(cfg.divergence_ratio)
+        guard = DivergenceGuard(cfg.divergence_ratio, cfg.divergence_patience)
         log = run_kd_steps(
             self.net,
             optimizer,
@@ -94,7 +94,7 @@ class TTTKDOnline(Method):
             k: v.clone() if isinstance(v, Tensor) else v
             for k, v in _flat_optimizer_state(self.optimizer).items()
         }
-        guard = DivergenceGuard(cfg.divergence_ratio)
+        guard = DivergenceGuard(cfg.divergence_ratio, cfg.divergence_patience)
         view = scene.view(0.0)
         log = run_kd_steps(
             self.net,

@@ -1,1 +1,1 @@
-"""Readers that turn each dataset, exactly as distributed, into a :class:`~tttkd.pipeline.scene.Scene`."""
+"""Readers: each dataset, exactly as distributed, into a :class:`tttkd.pipeline.scene.Scene`."""

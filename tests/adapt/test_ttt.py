@@ -247,3 +247,19 @@ def test_unit_target_sums_match_sampling_every_pair(adapt_fixture):
     seen_ref, sums_ref = unit_target_sums_reference(rec, torch.device("cpu"), dim)
     assert torch.equal(seen, seen_ref) and sums.shape == (seen.numel(), dim)
     torch.testing.assert_close(sums, sums_ref, rtol=1e-5, atol=1e-5)
+
+
+def test_divergence_guard_tolerates_a_spike_but_not_a_persistent_rise():
+    from tttkd.adapt.safety import DivergenceGuard
+
+    spike = [0.448, 0.364, 0.31, 0.339, 0.738, 0.459, 0.443, 0.383, 0.28]  # seen at lr 1.0
+    g = DivergenceGuard(1.5, patience=3)
+    assert all(g.check(i, v) is None for i, v in enumerate(spike))
+    assert g.check_final(len(spike), 0.276) is None
+    assert "after adaptation" in g.check_final(len(spike), 0.9).reason
+    g = DivergenceGuard(1.5, patience=3)
+    verdicts = [g.check(i, v) for i, v in enumerate([0.4, 0.7, 0.8, 0.9, 0.5])]
+    assert verdicts[:3] == [None, None, None] and verdicts[3].step == 3
+    assert "for 3 steps" in verdicts[3].reason
+    assert "non-finite" in DivergenceGuard(1.5).check(0, float("nan")).reason
+    assert "gradient" in DivergenceGuard(1.5).check(0, 0.3, float("inf")).reason
