@@ -25,6 +25,7 @@ class ShiftBenchmark:
 
     source_root: Path  # split "train": the labelled training domain
     target_root: Path  # split "val": the shifted test domain
+    clean_root: Path  # split "val": the target rooms WITHOUT the shift (how much the shift hurts)
     source_scenes: int
     target_scenes: int
     source: Domain
@@ -42,7 +43,10 @@ def write_shift_benchmark(
     source: Domain = SOURCE,
     target: Domain = TARGET,
 ) -> ShiftBenchmark:
-    """Write ``root/source`` (train) and ``root/target`` (val) as ScanNet roots; idempotent.
+    """Write ``root/source`` (train), ``root/target`` and ``root/target_clean`` (val); idempotent.
+
+    ``target_clean`` holds the same rooms as ``target`` in the source appearance, so the drop
+    from ``target_clean`` to ``target`` measures what the shift alone costs.
 
     A root that already holds its split file is left as it is, so a rerun of the demo reuses
     the data (delete the folder to regenerate).
@@ -52,6 +56,7 @@ def write_shift_benchmark(
     for name, n, dom, split, s in (
         ("source", source_scenes, source, "train", seed * 2 + 1),
         ("target", target_scenes, target, "val", seed * 2 + 2),
+        ("target_clean", target_scenes, source, "val", seed * 2 + 2),
     ):
         d = root / name
         if not (d / f"scannetv2_{split}.txt").exists():
@@ -68,5 +73,11 @@ def write_shift_benchmark(
             )
         out[name] = d
     return ShiftBenchmark(
-        out["source"], out["target"], source_scenes, target_scenes, source, target
+        out["source"],
+        out["target"],
+        out["target_clean"],
+        source_scenes,
+        target_scenes,
+        source,
+        target,
     )
