@@ -69,6 +69,7 @@ __all__ = [
     "SparseTensor",
     "available_backends",
     "coords_key",
+    "conv_output_stride",
     "get_backend",
     "kernel_offsets",
 ]
@@ -266,6 +267,30 @@ class Backend(Protocol):
         w.r.t. ``x.feats`` and ``weight``, and return features in the context's row order.
         """
         ...
+
+
+def conv_output_stride(
+    x: SparseTensor, weight: Tensor, *, kernel_size: int, stride: int, transposed: bool
+) -> int:
+    """Check a conv call against the contract (shared by every backend); its output stride."""
+    if weight.shape[0] != kernel_size**3 or weight.shape[1] != x.feats.shape[1]:
+        raise ValueError(
+            f"weight {tuple(weight.shape)} does not fit kernel {kernel_size} and "
+            f"{x.feats.shape[1]} input channels"
+        )
+    if stride == 1 and not transposed:
+        return x.stride
+    if stride == 2 and not transposed:
+        return 2 * x.stride
+    if stride == 2 and transposed:
+        fine = x.stride // 2
+        if x.stride < 2 or fine not in x.context.strides:
+            raise ValueError(
+                f"transposed conv from stride {x.stride} needs the existing set at stride "
+                f"{fine} in the context; it has {x.context.strides}"
+            )
+        return fine
+    raise ValueError(f"unsupported conv: stride={stride}, transposed={transposed}")
 
 
 def get_backend(name: str) -> Backend:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tttkd.model.sparse.base import SparseContext, SparseTensor, coords_key
+from tttkd.model.sparse.base import SparseContext, SparseTensor, conv_output_stride, coords_key
 
 __all__ = [
     "MinkowskiBackend",
@@ -158,24 +158,9 @@ class MinkowskiBackend:
         transposed: bool,
     ) -> SparseTensor:
         ctx = x.context
-        if weight.shape[0] != kernel_size**3 or weight.shape[1] != x.feats.shape[1]:
-            raise ValueError(
-                f"weight {tuple(weight.shape)} does not fit kernel {kernel_size} and "
-                f"{x.feats.shape[1]} input channels"
-            )
-        if stride == 1 and not transposed:
-            out_stride = x.stride
-        elif stride == 2 and not transposed:
-            out_stride = 2 * x.stride
-        elif stride == 2 and transposed:
-            out_stride = x.stride // 2
-            if x.stride < 2 or out_stride not in ctx.strides:
-                raise ValueError(
-                    f"transposed conv from stride {x.stride} needs the existing set at stride "
-                    f"{out_stride} in the context; it has {ctx.strides}"
-                )
-        else:
-            raise ValueError(f"unsupported conv: stride={stride}, transposed={transposed}")
+        out_stride = conv_output_stride(
+            x, weight, kernel_size=kernel_size, stride=stride, transposed=transposed
+        )
         n_out = ctx.coords(out_stride).shape[0]
         if x.feats.shape[0] == 0 or n_out == 0:
             feats = x.feats.new_zeros((n_out, weight.shape[2]))

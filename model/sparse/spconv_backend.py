@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tttkd.model.sparse.base import SparseContext, SparseTensor, coords_key
+from tttkd.model.sparse.base import SparseContext, SparseTensor, conv_output_stride, coords_key
 
 __all__ = ["SpconvBackend", "cpu_guard", "from_spconv_weight", "make_backend", "to_spconv_weight"]
 
@@ -205,11 +205,9 @@ class SpconvBackend:
         transposed: bool,
     ) -> SparseTensor:
         ctx = x.context
-        if weight.shape[0] != kernel_size**3 or weight.shape[1] != x.feats.shape[1]:
-            raise ValueError(
-                f"weight {tuple(weight.shape)} does not fit kernel {kernel_size} and "
-                f"{x.feats.shape[1]} input channels"
-            )
+        out_stride = conv_output_stride(
+            x, weight, kernel_size=kernel_size, stride=stride, transposed=transposed
+        )
         w = to_spconv_weight(weight.to(x.feats.dtype), kernel_size)
         c_out = weight.shape[2]
         if stride == 1 and not transposed:
@@ -221,30 +219,21 @@ class SpconvBackend:
             smap = _subm_map(ctx, x.stride, kernel_size)
             feats = _SpconvConvFn.apply(x.feats, w, smap, n, False, True)
             return x.replace(feats)
-        if stride == 2 and not transposed:
-            n_out = ctx.coords(2 * x.stride).shape[0]
-            if n_out == 0:
-                return SparseTensor.from_context(x.feats.new_zeros((0, c_out)), ctx, 2 * x.stride)
+        if not transposed:
+            if ctx.coords(out_stride).shape[0] == 0:
+                return SparseTensor.from_context(x.feats.new_zeros((0, c_out)), ctx, out_stride)
             smap = _down_map(ctx, x.stride, kernel_size)
             out = _SpconvConvFn.apply(x.feats, w, smap, smap.n_out, False, False)
-            return SparseTensor.from_context(out.index_select(0, smap.perm), ctx, 2 * x.stride)
-        if stride == 2 and transposed:
-            fine = x.stride // 2
-            if x.stride < 2 or fine not in ctx.strides:
-                raise ValueError(
-                    f"transposed conv from stride {x.stride} needs the existing set at stride "
-                    f"{fine} in the context; it has {ctx.strides}"
-                )
-            n_fine = ctx.coords(fine).shape[0]
-            if n_fine == 0:
-                return SparseTensor.from_context(x.feats.new_zeros((0, c_out)), ctx, fine)
-            smap = _down_map(ctx, fine, kernel_size)
-            # spconv's coarse rows (a superset for odd kernels; extra rows stay zero).
-            x_sp = x.feats.new_zeros((smap.n_out, x.feats.shape[1]))
-            x_sp = x_sp.index_copy(0, smap.perm, x.feats)
-            out = _SpconvConvFn.apply(x_sp, w, smap, n_fine, True, False)
-            return SparseTensor.from_context(out, ctx, fine)
-        raise ValueError(f"unsupported conv: stride={stride}, transposed={transposed}")
+            return SparseTensor.from_context(out.index_select(0, smap.perm), ctx, out_stride)
+        n_fine = ctx.coords(out_stride).shape[0]
+        if n_fine == 0:
+            return SparseTensor.from_context(x.feats.new_zeros((0, c_out)), ctx, out_stride)
+        smap = _down_map(ctx, out_stride, kernel_size)
+        # spconv's coarse rows (a superset for odd kernels; extra rows stay zero).
+        x_sp = x.feats.new_zeros((smap.n_out, x.feats.shape[1]))
+        x_sp = x_sp.index_copy(0, smap.perm, x.feats)
+        out = _SpconvConvFn.apply(x_sp, w, smap, n_fine, True, False)
+        return SparseTensor.from_context(out, ctx, out_stride)
 
 
 def make_backend() -> SpconvBackend:

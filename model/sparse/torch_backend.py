@@ -14,7 +14,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from tttkd.model.sparse.base import SparseContext, SparseTensor, coords_key, kernel_offsets
+from tttkd.model.sparse.base import (
+    SparseContext,
+    SparseTensor,
+    conv_output_stride,
+    coords_key,
+    kernel_offsets,
+)
 
 __all__ = ["KernelMap", "TorchBackend", "make_backend"]
 
@@ -177,24 +183,14 @@ class TorchBackend:
         transposed: bool,
     ) -> SparseTensor:
         ctx = x.context
-        if weight.shape[0] != kernel_size**3 or weight.shape[1] != x.feats.shape[1]:
-            raise ValueError(
-                f"weight {tuple(weight.shape)} does not fit kernel {kernel_size} and "
-                f"{x.feats.shape[1]} input channels"
-            )
-        if stride == 1 and not transposed:
-            kmap, out_stride, swap = submanifold_map(ctx, x.stride, kernel_size), x.stride, False
-        elif stride == 2 and not transposed:
-            kmap, out_stride, swap = down_map(ctx, x.stride, kernel_size), 2 * x.stride, False
-        elif stride == 2 and transposed:
-            if x.stride < 2 or (x.stride // 2) not in ctx.strides:
-                raise ValueError(
-                    f"transposed conv from stride {x.stride} needs the existing set at stride "
-                    f"{x.stride // 2} in the context; it has {ctx.strides}"
-                )
-            kmap, out_stride, swap = down_map(ctx, x.stride // 2, kernel_size), x.stride // 2, True
+        out_stride = conv_output_stride(
+            x, weight, kernel_size=kernel_size, stride=stride, transposed=transposed
+        )
+        if not transposed:
+            build = submanifold_map if stride == 1 else down_map
+            kmap, swap = build(ctx, x.stride, kernel_size), False
         else:
-            raise ValueError(f"unsupported conv: stride={stride}, transposed={transposed}")
+            kmap, swap = down_map(ctx, out_stride, kernel_size), True
         n_out = ctx.coords(out_stride).shape[0]
         feats = _SparseConvFn.apply(x.feats, weight.to(x.feats.dtype), kmap, n_out, swap)
         return SparseTensor.from_context(feats, ctx, out_stride)
