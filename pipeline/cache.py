@@ -17,7 +17,8 @@ Every array is zstd-compressed; no object or variable-length dtypes. Scene ids m
 "/" (S3DIS ``Area_5/office_1``): group names escape every character outside ``[A-Za-z0-9._-]``
 as ``~XX`` (UTF-8 bytes, e.g. ``Area_5~2Foffice_1``), reversibly; the id is also in the attrs.
 Helpers: paths and group-level checks in ``cache_layout.py``, feature codecs in
-``cache_codecs.py``, ``CacheMeta``/``SceneRecord`` in ``cache_records.py``.
+``cache_codecs.py``, ``CacheMeta``/``SceneRecord`` in ``cache_records.py``, record checks and
+encoding before a write in ``cache_encode.py``.
 
 Reliability: only the driver writes root metadata (``create``, ``set_pca``); ``write_scene``
 touches only its own scene group, deletes a leftover incomplete group first, and sets
@@ -39,11 +40,11 @@ from tttkd.pipeline.cache_codecs import (
     PcaBasis,
     codec_fidelity,
     decode_features,
-    encode_features,
     feature_cosine,
     fit_pca,
     parse_codec,
 )
+from tttkd.pipeline.cache_encode import encode_scene, scene_attrs
 from tttkd.pipeline.cache_layout import (
     CAMERA_ARRAYS,
     CORR_ARRAYS,
@@ -71,9 +72,7 @@ from tttkd.pipeline.cache_records import (
     CacheMeta,
     SceneRecord,
     normalized,
-    record_problems,
     summarize,
-    to_jsonable,
 )
 
 __all__ = [
@@ -308,35 +307,8 @@ class Cache:
         t0 = time.perf_counter()
         self._check_writable()
         rec = normalized(rec)
-        if rec.features is None:
-            raise CacheError("the record has no features", file=self.url, scene=rec.scene_id)
-        problems = record_problems(
-            rec, num_classes=len(self.meta.class_names) or None, ignore_index=self.meta.ignore_index
-        )
-        if problems:
-            raise CacheError(
-                "refusing to write an inconsistent scene: " + "; ".join(problems),
-                file=self.url,
-                scene=rec.scene_id,
-                fix="the prep stage built a bad record; report it with this message",
-            )
         codec = self.codec
-        try:
-            stored = encode_features(rec.features, codec, self.pca)
-        except ValueError as e:
-            raise CacheError(str(e), file=self.url, scene=rec.scene_id) from e
-        if not all(np.isfinite(stored[i]).all() for i in range(len(stored))):
-            raise CacheError(
-                f"features overflow float16 under codec {codec.name}",
-                file=self.url,
-                scene=rec.scene_id,
-                fix="the teacher's features exceed 65504; check the teacher weights",
-            )
-        cosine = (
-            feature_cosine(rec.features, decode_features(stored, codec, self.pca))
-            if codec.lossy
-            else None
-        )
+        stored, cosine = encode_scene(rec, self.meta, codec, self.pca, self.url)
         name = encode_scene_id(rec.scene_id)
         path = scene_path(name)
         old = self._group_attrs(name)
@@ -347,27 +319,7 @@ class Cache:
                 scene=rec.scene_id,
                 fix="skip complete scenes (Cache.is_complete), or pass replace=True",
             )
-        n_img, (h, w, dim) = len(rec.K), rec.features.shape[1:]
-        try:
-            info = to_jsonable(rec.attrs, "attrs")
-        except TypeError as e:
-            raise CacheError(str(e), file=self.url, scene=rec.scene_id) from e
-        attrs = {
-            "scene_id": rec.scene_id,
-            "split": rec.split,
-            "complete": False,
-            "counts": {
-                "points": rec.num_points,
-                "full_points": len(rec.voxel_of_point),
-                "images": n_img,
-                "correspondences": rec.num_corr,
-                "feature_grid": [h, w],
-                "feature_dim": dim,
-            },
-            "feature_codec": codec.name,
-            "feature_cosine": cosine,
-            "info": info,
-        }
+        attrs = scene_attrs(rec, codec, cosine, self.url)
         run_sync(self._store.delete_dir(path))  # leftovers of an interrupted write go first
         group = zarr.create_group(self._store, path=path, attributes=attrs)
         write_group_arrays(group, rec, stored, codec.name)
