@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["random_coords", "room_coords"]
+__all__ = ["mixed_scene", "random_coords", "rel_close", "room_coords", "run_conv_op"]
 
 
 def random_coords(
@@ -65,3 +65,39 @@ def room_coords(n: int, *, seed: int = 0, thickness: int = 2) -> Tensor:
     xyz = torch.unique(torch.cat(pts), dim=0)
     xyz = xyz[torch.randperm(xyz.shape[0], generator=g)]
     return torch.cat([torch.zeros(xyz.shape[0], 1, dtype=torch.long), xyz], 1).int()
+
+
+def mixed_scene(seed: int, n: int = 1500, grid: int = 24, batches: int = 2) -> Tensor:
+    """About ``n`` shuffled unique voxels in ``batches`` scenes, with negative coordinates."""
+    return random_coords(
+        n // batches, grid + grid // 2, batch_size=batches, seed=seed, low=-grid // 2
+    )
+
+
+def rel_close(a: Tensor, b: Tensor, rtol: float = 2e-5) -> bool:
+    """Max abs difference within ``rtol`` of ``a``'s largest magnitude (plus 1e-6)."""
+    return bool((a - b).abs().max() <= rtol * a.abs().max() + 1e-6)
+
+
+def run_conv_op(
+    backend: str, coords: Tensor, feats: Tensor, weight: Tensor, op: tuple[int, int, bool]
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One (kernel, stride, transposed) conv on a fresh context: (output, grad feats, grad W).
+
+    A transposed op first goes down with a k2 conv (fixed weights) so a coarse set exists to
+    come back from; the backward pass uses a fixed ramp so every output row matters.
+    """
+    from tttkd.model.sparse.base import SparseContext, SparseTensor
+
+    k, s, tr = op
+    ctx = SparseContext(coords, backend)
+    x = feats.clone().requires_grad_(True)
+    w = weight.clone().requires_grad_(True)
+    st = SparseTensor.from_context(x, ctx)
+    if tr:
+        down = torch.full((8, feats.shape[1], feats.shape[1]), 0.3)
+        st = ctx.backend.conv(st, down, kernel_size=2, stride=2, transposed=False)
+    y = ctx.backend.conv(st, w, kernel_size=k, stride=s, transposed=tr)
+    ramp = torch.linspace(-1.0, 1.0, y.feats.numel()).reshape(y.feats.shape)
+    (y.feats * ramp).sum().backward()
+    return y.feats.detach(), x.grad, w.grad

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tttkd.model.sparse.base import INSTALL_HINTS, SparseContext, SparseTensor, get_backend
-from tttkd.model.sparse.testing import random_coords
+from tttkd.model.sparse.testing import mixed_scene, rel_close, run_conv_op
 
 try:
     from tttkd.model.sparse.minkowski_backend import import_me
@@ -40,52 +40,26 @@ def _restore_threads():
     torch.set_num_threads(before)
 
 
-def _scene(seed: int, n: int = 1500, grid: int = 24, batches: int = 2) -> torch.Tensor:
-    """About ``n`` shuffled unique voxels in ``batches`` scenes, with negative coordinates."""
-    return random_coords(
-        n // batches, grid + grid // 2, batch_size=batches, seed=seed, low=-grid // 2
-    )
-
-
-def _close(a: torch.Tensor, b: torch.Tensor, rtol: float = 2e-5) -> bool:
-    return bool((a - b).abs().max() <= rtol * a.abs().max() + 1e-6)
-
-
-def _run_op(backend: str, coords, feats, weight, op):
-    k, s, tr = op
-    ctx = SparseContext(coords, backend)
-    x = feats.clone().requires_grad_(True)
-    w = weight.clone().requires_grad_(True)
-    st = SparseTensor.from_context(x, ctx)
-    if tr:  # a coarse set to come back from
-        down = torch.full((8, feats.shape[1], feats.shape[1]), 0.3)
-        st = ctx.backend.conv(st, down, kernel_size=2, stride=2, transposed=False)
-    y = ctx.backend.conv(st, w, kernel_size=k, stride=s, transposed=tr)
-    ramp = torch.linspace(-1.0, 1.0, y.feats.numel()).reshape(y.feats.shape)
-    (y.feats * ramp).sum().backward()
-    return y.feats.detach(), x.grad, w.grad
-
-
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("op", OPS, ids=lambda o: f"k{o[0]}s{o[1]}{'T' if o[2] else ''}")
 def test_matches_torch_forward_and_grads(op, threads):
     k, c_in, c_out = op[0], 8, 12
-    coords = _scene(1)
+    coords = mixed_scene(1)
     g = torch.Generator().manual_seed(2)
     feats = torch.randn(coords.shape[0], c_in, generator=g)
     weight = torch.randn(k**3, c_in, c_out, generator=g) / (k**3 * c_in) ** 0.5
     torch.set_num_threads(threads)
-    ref = _run_op("torch", coords, feats, weight, op)
-    got = _run_op("minkowski", coords, feats, weight, op)
+    ref = run_conv_op("torch", coords, feats, weight, op)
+    got = run_conv_op("minkowski", coords, feats, weight, op)
     for name, a, b in zip(("output", "grad feats", "grad weight"), ref, got):
         assert a.shape == b.shape, name
-        assert _close(a, b), f"{name}: max err {(a - b).abs().max():.3g}"
+        assert rel_close(a, b), f"{name}: max err {(a - b).abs().max():.3g}"
 
 
 def test_kernel_order_matches_me_own_convolution():
     """ME's own MinkowskiConvolution with ``to_me_weight(W)`` gives our backend's output."""
     ME = import_me()
-    coords = _scene(3, batches=1)
+    coords = mixed_scene(3, batches=1)
     g = torch.Generator().manual_seed(4)
     feats = torch.randn(coords.shape[0], 4, generator=g)
     weight = torch.randn(27, 4, 5, generator=g)
@@ -106,7 +80,7 @@ def test_kernel_order_matches_me_own_convolution():
     )
     lookup = {tuple(c): i for i, c in enumerate(coords.tolist())}
     rows = torch.tensor([lookup[tuple(c)] for c in own.C.tolist()])
-    assert _close(own.F.detach(), ours.feats.detach()[rows])
+    assert rel_close(own.F.detach(), ours.feats.detach()[rows])
     assert torch.equal(mb.from_me_weight(mb.to_me_weight(weight, 3), 3), weight)
     assert not torch.equal(mb.me_kernel_order(3), torch.arange(27))  # the permute is real
 
@@ -120,7 +94,7 @@ def test_kernel_order_agrees_with_checkpoint_conversion(k):
 
 
 def test_coordinate_manager_built_once_per_context():
-    ctx = SparseContext(_scene(6), "minkowski")
+    ctx = SparseContext(mixed_scene(6), "minkowski")
     w3, w2 = torch.randn(27, 4, 4) * 0.1, torch.randn(8, 4, 4) * 0.1
     states = []
     for _ in range(3):
@@ -137,7 +111,7 @@ def test_minkunet_trained_on_minkowski_loads_on_torch(tmp_path):
     from tttkd.model.minkunet import minkunet_test
 
     torch.manual_seed(0)
-    coords = _scene(7, n=2500, grid=32)
+    coords = mixed_scene(7, n=2500, grid=32)
     feats = torch.randn(coords.shape[0], 3)
     net = minkunet_test(in_channels=3)
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
@@ -157,4 +131,4 @@ def test_minkunet_trained_on_minkowski_loads_on_torch(tmp_path):
         ref = net(SparseTensor.from_context(feats, SparseContext(coords, "minkowski"))).feats
         got = other(SparseTensor.from_context(feats, SparseContext(coords, "torch"))).feats
     assert got.shape == ref.shape == (coords.shape[0], net.out_channels)
-    assert _close(ref, got, rtol=1e-4), f"max err {(ref - got).abs().max():.3g}"
+    assert rel_close(ref, got, rtol=1e-4), f"max err {(ref - got).abs().max():.3g}"

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tttkd.model.sparse.base import INSTALL_HINTS, SparseContext, SparseTensor, get_backend
-from tttkd.model.sparse.testing import random_coords
+from tttkd.model.sparse.testing import mixed_scene, rel_close, run_conv_op
 
 pytest.importorskip(
     "spconv.pytorch",
@@ -33,53 +33,26 @@ def _restore_threads():
     torch.set_num_threads(before)
 
 
-def _scene(seed: int, n: int = 1500, grid: int = 24, batches: int = 2) -> torch.Tensor:
-    """About ``n`` shuffled unique voxels in ``batches`` scenes, with negative coordinates."""
-    return random_coords(
-        n // batches, grid + grid // 2, batch_size=batches, seed=seed, low=-grid // 2
-    )
-
-
-def _close(a: torch.Tensor, b: torch.Tensor, rtol: float = 2e-5) -> bool:
-    return bool((a - b).abs().max() <= rtol * a.abs().max() + 1e-6)
-
-
-def _run_op(backend: str, coords, feats, weight, op):
-    """One op on a fresh context; returns (output, grad feats, grad weight)."""
-    k, s, tr = op
-    ctx = SparseContext(coords, backend)
-    x = feats.clone().requires_grad_(True)
-    w = weight.clone().requires_grad_(True)
-    st = SparseTensor.from_context(x, ctx)
-    if tr:  # go down with a k2 conv first so a coarse set exists to come back from
-        down = torch.full((8, feats.shape[1], feats.shape[1]), 0.3)
-        st = ctx.backend.conv(st, down, kernel_size=2, stride=2, transposed=False)
-    y = ctx.backend.conv(st, w, kernel_size=k, stride=s, transposed=tr)
-    ramp = torch.linspace(-1.0, 1.0, y.feats.numel()).reshape(y.feats.shape)
-    (y.feats * ramp).sum().backward()
-    return y.feats.detach(), x.grad, w.grad
-
-
 @pytest.mark.parametrize("op", OPS, ids=lambda o: f"k{o[0]}s{o[1]}{'T' if o[2] else ''}")
 def test_matches_torch_forward_and_grads(op):
     k, c_in, c_out = op[0], 8, 12
-    coords = _scene(1)
+    coords = mixed_scene(1)
     g = torch.Generator().manual_seed(2)
     feats = torch.randn(coords.shape[0], c_in, generator=g)
     weight = torch.randn(k**3, c_in, c_out, generator=g) / (k**3 * c_in) ** 0.5
     torch.set_num_threads(2)
-    ref = _run_op("torch", coords, feats, weight, op)
-    got = _run_op("spconv", coords, feats, weight, op)
+    ref = run_conv_op("torch", coords, feats, weight, op)
+    got = run_conv_op("spconv", coords, feats, weight, op)
     for name, a, b in zip(("output", "grad feats", "grad weight"), ref, got):
         assert a.shape == b.shape, name
-        assert _close(a, b), f"{name}: max err {(a - b).abs().max():.3g}"
+        assert rel_close(a, b), f"{name}: max err {(a - b).abs().max():.3g}"
 
 
 def test_weight_layout_is_spconv_own_module_layout():
     """Our permuted weight in spconv's own SubMConv3d gives our backend's output."""
     import spconv.pytorch as spc
 
-    coords = _scene(3, batches=1)
+    coords = mixed_scene(3, batches=1)
     coords[:, 1:] -= coords[:, 1:].min(0).values  # spconv's modules want non-negative indices
     g = torch.Generator().manual_seed(4)
     feats = torch.randn(coords.shape[0], 4, generator=g)
@@ -97,14 +70,14 @@ def test_weight_layout_is_spconv_own_module_layout():
         stride=1,
         transposed=False,
     )
-    assert _close(own, ours.feats.detach())
+    assert rel_close(own, ours.feats.detach())
     assert torch.equal(sb.from_spconv_weight(sb.to_spconv_weight(weight, 3)), weight)
 
 
 def _race_cases() -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     cases = []
     for seed in range(12):
-        coords = _scene(100 + seed, n=3000, grid=40, batches=1)
+        coords = mixed_scene(100 + seed, n=3000, grid=40, batches=1)
         coords[:, 1:] -= coords[:, 1:].min(0).values
         g = torch.Generator().manual_seed(seed)
         feats = torch.randn(coords.shape[0], 16, generator=g)
@@ -134,7 +107,7 @@ def test_raw_spconv_subm_races_at_2_threads():
                 conv.weight.copy_(sb.to_spconv_weight(weight, 3))
             shape = (coords[:, 1:].max(0).values + 1).tolist()
             out = conv(spc.SparseConvTensor(feats, coords, shape, 1)).features
-            wrong += not _close(_torch_subm(coords, feats, weight), out, rtol=1e-4)
+            wrong += not rel_close(_torch_subm(coords, feats, weight), out, rtol=1e-4)
     finally:
         torch.set_num_threads(before)
     if wrong == 0:
@@ -156,7 +129,7 @@ def test_guarded_backend_exact_at_2_threads():
                 stride=1,
                 transposed=False,
             ).feats
-            assert _close(_torch_subm(coords, feats, weight), out, rtol=1e-4), f"scene {i}"
+            assert rel_close(_torch_subm(coords, feats, weight), out, rtol=1e-4), f"scene {i}"
             assert torch.get_num_threads() == 2, "the guard must restore the thread count"
     finally:
         torch.set_num_threads(before)
@@ -166,7 +139,7 @@ def test_guarded_backend_exact_at_2_threads():
 def test_raw_spconv_backward_needs_cuda_and_guard_fixes_it():
     import spconv.pytorch as spc
 
-    coords = _scene(5, batches=1)
+    coords = mixed_scene(5, batches=1)
     coords[:, 1:] -= coords[:, 1:].min(0).values
     shape = (coords[:, 1:].max(0).values + 1).tolist()
     feats = torch.randn(coords.shape[0], 4, requires_grad=True)
@@ -192,7 +165,7 @@ def test_kernel_maps_built_once_per_context(monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(ops, "get_indice_pairs", counting)
-    ctx = SparseContext(_scene(6), "spconv")
+    ctx = SparseContext(mixed_scene(6), "spconv")
     w3, w2 = torch.randn(27, 4, 4) * 0.1, torch.randn(8, 4, 4) * 0.1
     for _ in range(3):
         x = SparseTensor.from_context(torch.randn(ctx.coords(1).shape[0], 4), ctx)
@@ -209,7 +182,7 @@ def test_minkunet_state_dict_moves_between_torch_and_spconv(tmp_path):
     from tttkd.model.minkunet import minkunet_test
 
     torch.manual_seed(0)
-    coords = _scene(7, n=2500, grid=32)
+    coords = mixed_scene(7, n=2500, grid=32)
     feats = torch.randn(coords.shape[0], 3)
     net = minkunet_test(in_channels=3)
     net.train()
@@ -225,4 +198,4 @@ def test_minkunet_state_dict_moves_between_torch_and_spconv(tmp_path):
         ref = net(SparseTensor.from_context(feats, SparseContext(coords, "torch"))).feats
         got = other(SparseTensor.from_context(feats, SparseContext(coords, "spconv"))).feats
     assert got.shape == ref.shape == (coords.shape[0], net.out_channels)
-    assert _close(ref, got, rtol=1e-4), f"max err {(ref - got).abs().max():.3g}"
+    assert rel_close(ref, got, rtol=1e-4), f"max err {(ref - got).abs().max():.3g}"
