@@ -9,10 +9,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
-__all__ = ["BN_MODES", "AdaptConfig", "AdaptConfigError"]
+__all__ = ["BN_MODES", "ROTATION_PROTOCOLS", "AdaptConfig", "AdaptConfigError"]
 
 BnMode = Literal["eval", "train", "scene"]
 BN_MODES: tuple[str, ...] = ("eval", "train", "scene")
+RotationProtocol = Literal["paper", "ensemble"]
+ROTATION_PROTOCOLS: tuple[str, ...] = ("paper", "ensemble")
 
 
 class AdaptConfigError(ValueError):
@@ -32,6 +34,10 @@ class AdaptConfig:
     online_steps: int = 1  # online: steps per updated scene (the paper: 1)
     kd_loss: Literal["cosine", "l2"] = "cosine"
     rotations: int = 1  # R rotations about +Z (2 pi r / R); logits summed
+    # offline TTT-KD over the R rotations: "paper" = Algorithm 1 (reset once per scene; per
+    # rotation, steps on the rotated copy, predict the UNROTATED scene; weights carried);
+    # "ensemble" = reset per rotation, steps and prediction on the rotated view
+    rotation_protocol: RotationProtocol = "paper"
     bn_mode: BnMode = "eval"  # BatchNorm during TTT steps and prediction (METHOD.md)
     max_images: int | None = None  # images read per scene (seeded subset); None: all cached
     # safety: stop a scene's TTT when the KD loss is non-finite or exceeds this x its first value
@@ -76,6 +82,10 @@ class AdaptConfig:
             (self.stride >= 1, "stride must be >= 1"),
             (self.online_steps >= 1, "online_steps must be >= 1"),
             (self.rotations >= 1, "rotations must be >= 1"),
+            (
+                self.rotation_protocol in ROTATION_PROTOCOLS,
+                f"rotation_protocol must be one of {', '.join(ROTATION_PROTOCOLS)}",
+            ),
             (self.bn_mode in BN_MODES, f"bn_mode must be one of {', '.join(BN_MODES)}"),
             (self.max_images is None or self.max_images >= 1, "max_images must be >= 1"),
             (self.divergence_ratio > 1, "divergence_ratio must be > 1"),

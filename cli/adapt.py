@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from tttkd.adapt.config import BN_MODES, AdaptConfig
+from tttkd.adapt.config import BN_MODES, ROTATION_PROTOCOLS, AdaptConfig
 
 _DEFAULT = AdaptConfig()
 
@@ -66,7 +66,16 @@ def _options(f: Callable) -> Callable:
             type=click.IntRange(min=1),
             default=d.rotations,
             show_default=True,
-            help="R rotations about +Z (2 pi r / R): TTT then predict each, logits summed",
+            help="R rotations about +Z (2 pi r / R): TTT-KD on each, logits summed",
+        ),
+        click.option(
+            "--rotation-protocol",
+            type=click.Choice(ROTATION_PROTOCOLS),
+            default=d.rotation_protocol,
+            show_default=True,
+            help="offline TTT-KD over --rotations: paper = Algorithm 1 (reset once per scene; "
+            "steps on each rotated copy, weights carried, predict the UNROTATED scene); "
+            "ensemble = reset per rotation, steps and prediction on the rotated view",
         ),
         click.option(
             "--bn-mode",
@@ -215,6 +224,7 @@ def _config(methods: tuple[str, ...], kw: dict[str, Any], **extra: Any) -> Adapt
         online_steps=kw["online_steps"],
         kd_loss=kw["kd_loss"],
         rotations=kw["rotations"],
+        rotation_protocol=kw["rotation_protocol"],
         bn_mode=kw["bn_mode"],
         max_images=kw["max_images"],
         divergence_ratio=kw["divergence_ratio"],

@@ -3,7 +3,8 @@
 A method receives the scenes of the stream in order (:meth:`Method.process`) and returns the
 summed logits over the run's rotations for every cached point, plus what it did (steps,
 losses, fallbacks). Offline methods reset to the trained weights before each scene (and, for
-TTT, before each rotation), so scene order cannot matter; online methods carry weights along.
+TTT-KD in the ensemble protocol, before each rotation), so scene order cannot matter; online
+methods carry weights along.
 
 Adding a method (AdaContrast, TTT-MAE, ...): subclass :class:`Method`, implement
 :meth:`Method.adapt_view` (and :meth:`Method.begin_scene` when it needs a per-scene update),

@@ -1,7 +1,11 @@
 """TTT-KD: SGD on the distillation loss ``L_2D``, ``psi_3D`` only (METHOD.md).
 
-``ttt-kd`` (offline): for every scene and every rotation, start from the trained weights, run
-``steps`` steps, predict, reset. ``ttt-kd-online`` (TTT-KD-O): weights and optimizer state
+``ttt-kd`` (offline), ``rotation_protocol="paper"`` (Algorithm 1, the default): reset to the
+trained weights once per scene; for each of the R rotations run ``steps`` steps on the ROTATED
+copy, weights carried from the previous rotation, then predict the UNROTATED scene; the logits
+are summed. ``"ensemble"``: for every rotation start from the trained weights, run ``steps``
+steps on the rotated view and predict that view (a rotation ensemble). With R = 1 both are
+the same. ``ttt-kd-online`` (TTT-KD-O): weights and optimizer state
 carry over the stream; every ``stride``-th scene (the 1st, the ``1 + stride``-th, ...) gets
 ``online_steps`` steps on the unrotated view before its prediction; other scenes are only
 predicted. A diverging scene falls back to the weights it started from.
@@ -15,7 +19,7 @@ from torch import Tensor
 from tttkd.adapt.config import AdaptConfig
 from tttkd.adapt.methods.base import Method, SceneOutcome
 from tttkd.adapt.safety import Divergence, DivergenceGuard
-from tttkd.adapt.scenes import SceneData
+from tttkd.adapt.scenes import SceneData, View
 from tttkd.adapt.ttt import StepLog, evaluate_view, kd_optimizer, predict_view, run_kd_steps
 from tttkd.model.network import SegKDNet
 
@@ -35,20 +39,49 @@ def check_after(
 
 
 class TTTKD(Method):
-    """Offline TTT-KD: reset to the trained weights for every scene and rotation."""
+    """Offline TTT-KD: reset to the trained weights per scene (and per rotation in the
+    ensemble protocol)."""
 
     name = "ttt-kd"
     uses_teacher = True
 
-    def adapt_view(self, scene: SceneData, angle: float, r: int, out: SceneOutcome) -> Tensor:
-        cfg = self.cfg
-        view = scene.view(angle)
+    def begin_scene(self, scene: SceneData, out: SceneOutcome) -> None:
         self.reset()
-        optimizer = kd_optimizer(self.net, cfg.lr, cfg.momentum)
+        self._optimizer = kd_optimizer(self.net, self.cfg.lr, self.cfg.momentum)
+        out.extra["rotation_protocol"] = self.cfg.rotation_protocol
+
+    def adapt_view(self, scene: SceneData, angle: float, r: int, out: SceneOutcome) -> Tensor:
+        paper = self.cfg.rotation_protocol == "paper"
+        view = scene.view(angle)
+        target = scene.view(0.0) if paper else view  # the view that is predicted
+        if not paper and r > 0:
+            self.reset()
+            self._optimizer = kd_optimizer(self.net, self.cfg.lr, self.cfg.momentum)
+        # paper: a diverging rotation falls back to the weights it started from (for the
+        # first rotation, and in the ensemble protocol, the trained ones)
+        before = self.state_snapshot() if paper and r > 0 else None
+        logits = self._steps_and_predict(scene, view, target, out)
+        if logits is None:
+            if before is None:
+                self.reset()
+            else:
+                self.net.load_state_dict(before, strict=True)
+            self._optimizer = kd_optimizer(self.net, self.cfg.lr, self.cfg.momentum)
+            logits = predict_view(self.net, target)
+        if not paper or r == self.cfg.rotations - 1:
+            self.reset()
+        return logits
+
+    def _steps_and_predict(
+        self, scene: SceneData, view: View, target: View, out: SceneOutcome
+    ) -> Tensor | None:
+        """Steps on ``view``; the logits of ``target`` under the adapted weights, or None when
+        the steps or the adapted weights diverged (judged on ``view``)."""
+        cfg = self.cfg
         guard = DivergenceGuard(cfg.divergence_ratio, cfg.divergence_patience)
         log = run_kd_steps(
             self.net,
-            optimizer,
+            self._optimizer,
             scene,
             view,
             steps=cfg.steps,
@@ -62,12 +95,10 @@ class TTTKD(Method):
             log.divergence = check_after(guard, log, logits, loss)
             if log.divergence is not None:
                 logits = None
+            elif target is not view:
+                logits = predict_view(self.net, target, cfg.bn_mode)
         self.record_steps(out, log)
         out.updated = out.updated or log.steps > 0
-        if logits is None:  # fall back to the unadapted prediction
-            self.reset()
-            logits = predict_view(self.net, view)
-        self.reset()
         return logits
 
 
