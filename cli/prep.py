@@ -160,7 +160,16 @@ def _common(f: Callable) -> Callable:
             show_default=True,
             help="images per teacher call",
         ),
-        click.option("--voxel-size", type=float, default=0.04, show_default=True, help="metres"),
+        click.option(
+            "--voxel-size", type=float, default=0.04, show_default=True, help="network voxel, m"
+        ),
+        click.option(
+            "--point-voxel-size",
+            type=float,
+            default=None,
+            help="grid the cache keeps points on, m (default: voxel size / 4; consumers "
+            "voxelize after augmenting, so finer points leave no holes in rotated views)",
+        ),
         click.option(
             "--label-mode",
             type=click.Choice(["representative", "majority"]),
@@ -314,7 +323,8 @@ def inspect_cmd(cache: str, as_json: bool) -> None:
     c = Cache.open(cache, read_only=True).meta
     click.echo(
         f"cache {cache}: dataset {s['dataset']}, teacher {c.teacher.get('name')} "
-        f"(dim {c.teacher.get('dim')}), voxel {c.voxel_size} m, codec {s['feature_codec']}"
+        f"(dim {c.teacher.get('dim')}), voxel {c.voxel_size} m (points on a "
+        f"{c.point_voxel_size:g} m grid), codec {s['feature_codec']}"
     )
     cols = ("scenes", 8), ("points", 12), ("images", 8), ("pairs", 12), ("pairs/pt", 10)
     click.echo(f"{'split':<10}" + "".join(f"{n:>{w}}" for n, w in cols) + f"{'MiB':>10}")

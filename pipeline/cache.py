@@ -1,9 +1,9 @@
 """The teacher cache: the one module that knows its Zarr layout (DESIGN.md, "The cache").
 
 ```
-feats.zarr/                    attrs: format, schema, dataset, voxel_size, image_policy,
-                               teacher, label_set, class_names, ignore_index, feature_codec,
-                               options, tttkd_version
+feats.zarr/                    attrs: format, schema (2), dataset, voxel_size,
+                               point_voxel_size, image_policy, teacher, label_set,
+                               class_names, ignore_index, feature_codec, options, tttkd_version
   pca/mean f32 [D]  pca/components f32 [k,D]          (only for the "pca<k>" codecs)
   scenes/<encoded id>/         attrs: scene_id, split, counts, info, feature_codec,
                                feature_cosine, complete (written LAST)
@@ -13,6 +13,11 @@ feats.zarr/                    attrs: format, schema, dataset, voxel_size, image
     images/K f32 [I,3,3]  images/c2w f32 [I,4,4]  images/size i32 [I,2]  images/name <U [I]
     corr/point i32 [M]  corr/image i16 [M]  corr/uv f32 [M,2]  corr/offsets i64 [I+1]
 ```
+``points/*`` hold one point per cell of the fine ``point_voxel_size`` grid (default the
+network's ``voxel_size`` / 4), not per network voxel: consumers voxelize them at ``voxel_size``
+after their augmentation (``pipeline/voxelize.py``). ``full/voxel_of_point`` maps every
+full-resolution point to its stored point; ``corr/point`` indexes stored points. A schema-1
+cache (one point per network voxel) is refused with the command that rebuilds it.
 Every array is zstd-compressed; no object or variable-length dtypes. Scene ids may contain
 "/" (S3DIS ``Area_5/office_1``): group names escape every character outside ``[A-Za-z0-9._-]``
 as ``~XX`` (UTF-8 bytes, e.g. ``Area_5~2Foffice_1``), reversibly; the id is also in the attrs.
@@ -72,6 +77,7 @@ from tttkd.pipeline.cache_records import (
     CacheMeta,
     SceneRecord,
     normalized,
+    schema_error,
     summarize,
 )
 
@@ -179,13 +185,7 @@ class Cache:
                 fix="pass the --out of a tttkd-prep run (tttkd-prep DATASET --out feats.zarr)",
             )
         if attrs.get("schema") != SCHEMA_VERSION:
-            raise CacheError(
-                f"cache schema {attrs.get('schema')} (written by tttkd "
-                f"{attrs.get('tttkd_version')}); this tttkd reads schema {SCHEMA_VERSION}",
-                file=url,
-                fix="rebuild it with tttkd-prep --overwrite, or read it with the tttkd that "
-                "wrote it",
-            )
+            raise schema_error(attrs, url)
         store = (
             probe
             if read_only

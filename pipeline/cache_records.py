@@ -18,8 +18,11 @@ import numpy as np
 import tttkd
 from tttkd.pipeline.cache_codecs import parse_codec
 from tttkd.pipeline.errors import DatasetError
+from tttkd.pipeline.voxelize import point_grid_size
 
-SCHEMA_VERSION = 1
+# 2: points are kept on a fine grid (``point_voxel_size``), finer than the network voxel;
+# 1 kept one point per network voxel (refused: consumers would see holes after rotation)
+SCHEMA_VERSION = 2
 # uv is in feature-grid coordinates with cell centres at integers, so a point inside the image
 # lies in [-0.5, w - 0.5]; verify accepts [-UV_MARGIN, w - 1 + UV_MARGIN] (also covers the
 # corner convention [0, w]) and flags anything outside as a correspondence bug.
@@ -37,6 +40,28 @@ def _rebuild_cache_error(
     problem: str, file: str | None, scene: str | None, fix: str | None
 ) -> CacheError:
     return CacheError(problem, file=file, scene=scene, fix=fix)
+
+
+def schema_error(attrs: dict, url: str) -> CacheError:
+    """The refusal of a cache written with another schema, naming the command that rebuilds it."""
+    found = attrs.get("schema")
+    why = (
+        " (schema 1 kept one point per network voxel, so views voxelized after a rotation had "
+        "holes; schema 2 keeps the points on a finer grid)"
+        if found == 1
+        else ""
+    )
+    root = (attrs.get("options") or {}).get("root") or "DATA_ROOT"
+    command = (
+        f"tttkd-prep {attrs.get('dataset') or 'DATASET'} --root {root} --out {url} --overwrite"
+    )
+    return CacheError(
+        f"cache schema {found} (written by tttkd {attrs.get('tttkd_version')}); this tttkd reads "
+        f"schema {SCHEMA_VERSION}{why}",
+        file=url,
+        fix=f"rebuild it with `{command}` (plus the options it was made with), or read it "
+        "with the tttkd that wrote it",
+    )
 
 
 def to_jsonable(value: Any, where: str = "value") -> Any:
@@ -71,6 +96,7 @@ def to_jsonable(value: Any, where: str = "value") -> Any:
 _COMPARED = (
     "dataset",
     "voxel_size",
+    "point_voxel_size",
     "image_policy",
     "teacher",
     "label_set",
@@ -82,7 +108,12 @@ _COMPARED = (
 
 @dataclass(frozen=True)
 class CacheMeta:
-    """Cache-wide facts, stored as the root attributes; a rerun must agree on ``_COMPARED``."""
+    """Cache-wide facts, stored as the root attributes; a rerun must agree on ``_COMPARED``.
+
+    ``voxel_size`` is the network's voxel (the default of every consumer); the stored points
+    lie on the finer ``point_voxel_size`` grid (None: ``voxel_size / 4``, see
+    ``pipeline.voxelize.point_grid_size``), and consumers voxelize them after augmenting.
+    """
 
     dataset: str
     voxel_size: float
@@ -95,10 +126,13 @@ class CacheMeta:
     options: dict = field(default_factory=dict)
     tttkd_version: str = tttkd.__version__
     schema: int = SCHEMA_VERSION
+    point_voxel_size: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
         object.__setattr__(self, "voxel_size", float(self.voxel_size))
+        grid = point_grid_size(self.voxel_size, self.point_voxel_size)
+        object.__setattr__(self, "point_voxel_size", grid)
         object.__setattr__(self, "ignore_index", int(self.ignore_index))
         object.__setattr__(self, "feature_codec", parse_codec(self.feature_codec).name)
         for name in ("image_policy", "teacher", "options"):
@@ -134,7 +168,8 @@ class CacheMeta:
 
 @dataclass(eq=False)
 class SceneRecord:
-    """One scene of the cache. Shapes: N voxels, P full points, I images, M correspondences.
+    """One scene of the cache. Shapes: N stored points (one per cell of the cache's fine
+    ``point_voxel_size`` grid), P full points, I images, M correspondences.
 
     ``corr_*`` are grouped by image (CSR): the pairs of image ``i`` are
     ``corr_offsets[i]:corr_offsets[i+1]``; ``corr_uv`` is in feature-grid coordinates.

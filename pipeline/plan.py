@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from tttkd.pipeline.correspond import CorrespondConfig
 from tttkd.pipeline.datasets.registry import dataset_info
 from tttkd.pipeline.frames import ImagePolicy, resolve_image_policy
+from tttkd.pipeline.voxelize import point_grid_size
 
 # uncompressed bytes per item, from the cache layout (DESIGN.md, "The cache")
 BYTES_PER_VOXEL = 12 + 3 + 2  # xyz f32[3], rgb u8[3], label i16
@@ -34,7 +35,8 @@ class PrepConfig:
     split: str | None = None
     scenes: tuple[str, ...] = ()  # explicit subset of scene ids; empty = every listed scene
     reader_options: dict = field(default_factory=dict)
-    voxel_size: float = 0.04
+    voxel_size: float = 0.04  # the network's voxel (what consumers voxelize at by default)
+    point_voxel_size: float | None = None  # grid of the stored points; None: voxel_size / 4
     label_mode: str = "representative"
     label_set: str | None = None  # None: the dataset's own
     max_images: int | None = None  # None: the dataset's default; 0: every frame
@@ -57,12 +59,18 @@ class PrepConfig:
         dataset_info(self.dataset)  # unknown names fail here, before any work
         if not self.voxel_size > 0:
             raise ValueError(f"voxel_size must be > 0, got {self.voxel_size}")
+        point_grid_size(self.voxel_size, self.point_voxel_size)  # raises on a bad size
         if self.max_images is not None and self.max_images < 0:
             raise ValueError(f"max_images must be >= 0 (0 = all), got {self.max_images}")
         if self.label_mode not in ("representative", "majority"):
             raise ValueError(f"label_mode must be representative|majority, not {self.label_mode}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+    @property
+    def point_grid(self) -> float:
+        """The grid the cache keeps the scene's points on (``pipeline.voxelize``)."""
+        return point_grid_size(self.voxel_size, self.point_voxel_size)
 
     def load_options(self) -> dict:
         """Options for the reader's ``load_scene``: with ``no_images``, frames are not read;
@@ -84,7 +92,7 @@ class PrepConfig:
             depth_abs_tol=self.depth_abs_tol,
             depth_rel_tol=self.depth_rel_tol,
             zbuffer_cell_px=self.zbuffer_cell_px,
-            point_spacing=self.voxel_size,
+            point_spacing=self.point_grid,
         )
 
     def image_policy_record(self) -> dict:

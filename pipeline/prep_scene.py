@@ -222,7 +222,8 @@ def build_record(job: SceneJob) -> tuple[SceneRecord, dict]:
     if scene.num_points == 0:
         raise SceneFailure("the scene has no points")
     t0 = time.perf_counter()
-    vox = voxelize(scene.xyz, cfg.voxel_size, label=scene.label, label_mode=cfg.label_mode)
+    # stored points: one per cell of the fine point grid (consumers voxelize at voxel_size)
+    vox = voxelize(scene.xyz, cfg.point_grid, label=scene.label, label_mode=cfg.label_mode)
     xyz = scene.xyz[vox.keep]
     timing["voxelize"] = time.perf_counter() - t0
     part = _no_images_part() if cfg.no_images else _images_part(job, scene, xyz, timing)
@@ -234,6 +235,7 @@ def build_record(job: SceneJob) -> tuple[SceneRecord, dict]:
         "reference_size": part.pop("reference_size"),
         "voxel": {
             "size": cfg.voxel_size,
+            "point_size": cfg.point_grid,
             "representative": "nearest_centre",
             "label_mode": cfg.label_mode,
         },

@@ -100,6 +100,7 @@ def build_meta(config: PrepConfig, teacher: dict) -> Any:
     return CacheMeta(
         dataset=config.dataset,
         voxel_size=config.voxel_size,
+        point_voxel_size=config.point_grid,
         image_policy=config.image_policy_record(),
         teacher=teacher,
         label_set=label_set,
@@ -196,7 +197,7 @@ def dry_run(config: PrepConfig, echo: Callable[[str], None] = print, sample: int
         scene = registry.load_scene(
             config.dataset, config.root, job.scene_id, **config.load_options()
         )
-        vox = voxelize(scene.xyz, config.voxel_size)
+        vox = voxelize(scene.xyz, config.point_grid)
         frames, pairs, grid = [], 0, (0, 0)
         if teacher is not None:
             frames = select_frames(scene.frames, config.image_policy(), scene.id).frames
