@@ -33,6 +33,10 @@ def _named_overrides(**opts) -> list[str]:
         "num_workers": "runtime.num_workers",
         "seed": "seed",
         "lr": "optim.lr",
+        "ssl": "loss.ssl",
+        "ssl_weight": "loss.ssl_weight",
+        "mae_mask_ratio": "loss.mae_mask_ratio",
+        "mae_patch_size": "loss.mae_patch_size",
     }
     out = [f"{keys[k]}={json.dumps(v)}" for k, v in opts.items() if v is not None and k in keys]
     if opts.get("no_kd"):
@@ -58,6 +62,14 @@ def _named_overrides(**opts) -> list[str]:
 )
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="e.g. optim.lr=0.01")
 @click.option("--no-kd", is_flag=True, help="Source-Only: segmentation loss only, same recipe")
+@click.option(
+    "--ssl",
+    type=click.Choice(["none", "mae"]),
+    help="joint self-supervised task: mae = masked-scene colour reconstruction (ttt-mae)",
+)
+@click.option("--ssl-weight", type=float, help="weight of the SSL loss (default 1, as KD)")
+@click.option("--mae-mask-ratio", type=float, help="fraction of patches masked (MSC: 0.4)")
+@click.option("--mae-patch-size", type=float, help="mask patch side in metres (MSC: 0.1)")
 @click.option("--resume", is_flag=True, help="continue the run in --out exactly")
 @click.option("--epochs", type=int)
 @click.option("--batch-size", type=int, help="scenes per step and process")

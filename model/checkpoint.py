@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from tttkd.model.mae import MAEConfig
 from tttkd.model.minkunet import backbone_from_arch
 from tttkd.model.network import KDHeadConfig, SegKDNet
 
@@ -52,6 +53,7 @@ class CheckpointInfo:
     teacher_spec: dict[str, Any]
     config: dict[str, Any]
     format: int = CHECKPOINT_FORMAT
+    mae: dict[str, Any] | None = None  # the MAE head's MAEConfig (tttkd-train --ssl mae)
 
 
 def _as_dict(obj: Any) -> dict[str, Any]:
@@ -92,6 +94,7 @@ def save_checkpoint(
         class_names=list(class_names),
         teacher_spec=spec,
         config=_as_dict(config),
+        mae=net.mae_head.config.to_dict() if net.mae_head is not None else None,
     )
     state = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
     meta = json.dumps(dataclasses.asdict(info), default=str, sort_keys=True)
@@ -163,7 +166,10 @@ def load_checkpoint(
             "teacher or train with this cache's teacher"
         )
     backbone = backbone_from_arch(info.arch, backend=backend or info.backend)
-    net = SegKDNet(backbone, info.num_classes, info.teacher_dim, KDHeadConfig(**info.kd_head))
+    mae = MAEConfig(**info.mae) if info.mae else None
+    net = SegKDNet(
+        backbone, info.num_classes, info.teacher_dim, KDHeadConfig(**info.kd_head), mae=mae
+    )
     state = load_file(str(path), device="cpu")
     try:
         net.load_state_dict(state, strict=True)

@@ -72,12 +72,18 @@ class OptimConfig:
 
 @dataclass
 class LossConfig:
-    """``L = L_Y + kd_weight * L_2D``; ``kd=False`` is the Source-Only model, same recipe."""
+    """``L = L_Y + kd_weight * L_2D`` (``+ ssl_weight * L_MAE`` with ``ssl="mae"``);
+    ``kd=False`` is the Source-Only model, same recipe."""
 
     label_smoothing: float = 0.2
     kd: bool = True
     kd_weight: float = 1.0
     kd_kind: Literal["cosine", "l2"] = "cosine"
+    # joint self-supervised task for the ttt-mae baseline (model/mae.py): + ssl_weight * L_MAE
+    ssl: Literal["none", "mae"] = "none"
+    ssl_weight: float = 1.0  # as kd_weight
+    mae_mask_ratio: float = 0.4  # fraction of patches masked (MSC's mask_rate)
+    mae_patch_size: float = 0.1  # metres, side of a mask patch (MSC's mask_grid_size)
 
 
 @dataclass
@@ -336,6 +342,9 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.optim.grad_clip >= 0, "optim.grad_clip", "must be >= 0 (0 = off)"),
         (0 <= cfg.loss.label_smoothing < 1, "loss.label_smoothing", "must lie in [0, 1)"),
         (cfg.loss.kd_weight >= 0, "loss.kd_weight", "must be >= 0"),
+        (cfg.loss.ssl_weight >= 0, "loss.ssl_weight", "must be >= 0"),
+        (0 < cfg.loss.mae_mask_ratio < 1, "loss.mae_mask_ratio", "must lie in (0, 1)"),
+        (cfg.loss.mae_patch_size > 0, "loss.mae_patch_size", "must be > 0 (metres)"),
         (cfg.data.voxel_size is None or cfg.data.voxel_size > 0, "data.voxel_size", "> 0"),
         (cfg.data.batch_size >= 1, "data.batch_size", "must be >= 1"),
         (cfg.data.max_images >= 0, "data.max_images", "must be >= 0 (0 = all)"),

@@ -8,7 +8,7 @@ as there are steps; only ``psi_3D`` is updated there (:meth:`SegKDNet.param_grou
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor, nn
@@ -16,6 +16,9 @@ from torch import Tensor, nn
 from tttkd.model.batch import Batch
 from tttkd.model.minkunet import MinkUNet
 from tttkd.model.sparse.base import SparseContext, SparseTensor
+
+if TYPE_CHECKING:
+    from tttkd.model.mae import MAEConfig
 
 __all__ = ["KDHeadConfig", "SegKDNet", "make_kd_head"]
 
@@ -50,7 +53,8 @@ def make_kd_head(in_dim: int, teacher_dim: int, cfg: KDHeadConfig) -> nn.Sequent
 
 
 class SegKDNet(nn.Module):
-    """``psi_3D`` (``backbone``), ``rho_Y`` (``seg_head``) and ``rho_2D`` (``kd_head``)."""
+    """``psi_3D`` (``backbone``), ``rho_Y`` (``seg_head``) and ``rho_2D`` (``kd_head``);
+    with ``mae`` also ``rho_MAE`` (``mae_head``: the masked-scene task of ``ttt-mae``)."""
 
     def __init__(
         self,
@@ -58,6 +62,7 @@ class SegKDNet(nn.Module):
         num_classes: int,
         teacher_dim: int,
         kd_head: KDHeadConfig = KDHeadConfig(),
+        mae: MAEConfig | None = None,
     ):
         super().__init__()
         self.backbone = backbone
@@ -67,6 +72,11 @@ class SegKDNet(nn.Module):
         dim = backbone.out_channels
         self.seg_head = nn.Linear(dim, num_classes)
         self.kd_head = make_kd_head(dim, teacher_dim, kd_head)
+        self.mae_head = None
+        if mae is not None:
+            from tttkd.model.mae import MAEHead  # mae.py builds its MLP with make_kd_head
+
+            self.mae_head = MAEHead(dim, backbone.in_channels, mae)
 
     @property
     def backend(self) -> str:
@@ -82,23 +92,43 @@ class SegKDNet(nn.Module):
         ctx = coords if isinstance(coords, SparseContext) else self.context(coords)
         return self.backbone(SparseTensor.from_context(feats, ctx)).feats
 
-    def forward(self, batch: Batch, context: SparseContext | None = None) -> tuple[Tensor, Tensor]:
-        """``(logits [N, classes], kd_pred [N, teacher_dim])`` for every voxel of ``batch``."""
-        f = self.features(batch.feats, context if context is not None else batch.coords)
-        return self.seg_head(f), self.kd_head(f)
+    def forward(
+        self, batch: Batch, context: SparseContext | None = None, mae_mask: Tensor | None = None
+    ) -> tuple[Tensor, ...]:
+        """``(logits [N, classes], kd_pred [N, teacher_dim])`` for every voxel of ``batch``;
+        with ``mae_mask`` (bool ``[N]``) a third item, the colours reconstructed from a second
+        pass with the masked voxels' inputs replaced by the mask token (one ``forward``, so
+        DDP sees both passes)."""
+        ctx = context if context is not None else batch.coords
+        f = self.features(batch.feats, ctx)
+        if mae_mask is None:
+            return self.seg_head(f), self.kd_head(f)
+        return self.seg_head(f), self.kd_head(f), self.reconstruct(batch.feats, ctx, mae_mask)
+
+    def reconstruct(self, feats: Tensor, coords: Tensor | SparseContext, mask: Tensor) -> Tensor:
+        """``rho_MAE(psi_3D(masked input))``: reconstructed input features per voxel."""
+        if self.mae_head is None:
+            raise ValueError("this network has no MAE head (train it with --ssl mae)")
+        masked = self.mae_head.mask_input(feats, mask)
+        return self.mae_head(self.features(masked, coords))
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
-        """``psi_3D`` (what TTT updates), ``rho_Y`` and ``rho_2D`` parameters."""
+        """``psi_3D`` (what TTT updates), ``rho_Y``, ``rho_2D`` and ``rho_MAE`` (empty
+        without an MAE head) parameters."""
         return {
             "psi_3D": list(self.backbone.parameters()),
             "rho_Y": list(self.seg_head.parameters()),
             "rho_2D": list(self.kd_head.parameters()),
+            "rho_MAE": list(self.mae_head.parameters()) if self.mae_head is not None else [],
         }
 
-    def set_trainable(self, *, psi_3d: bool, rho_y: bool, rho_2d: bool) -> None:
+    def set_trainable(
+        self, *, psi_3d: bool, rho_y: bool, rho_2d: bool, rho_mae: bool = False
+    ) -> None:
         """Set ``requires_grad`` per part (TTT: only ``psi_3d=True``)."""
         groups = self.param_groups()
-        for name, flag in (("psi_3D", psi_3d), ("rho_Y", rho_y), ("rho_2D", rho_2d)):
+        flags = (("psi_3D", psi_3d), ("rho_Y", rho_y), ("rho_2D", rho_2d), ("rho_MAE", rho_mae))
+        for name, flag in flags:
             for p in groups[name]:
                 p.requires_grad_(flag)
 

@@ -1,12 +1,12 @@
 """Joint training of ``psi_3D`` + ``rho_Y`` + ``rho_2D`` from the teacher cache (``tttkd-train``).
 
 ``L = L_Y + kd_weight * L_2D`` per point (``--no-kd``: ``L_Y`` only, the Source-Only model
-with the same recipe); AdamW + OneCycleLR (one scheduler step per optimizer step); bf16
-autocast on CUDA; a checkpoint every epoch (``last.safetensors``, plus ``best.safetensors``
-by validation mIoU) and ``train_state.pt`` so that ``resume=True`` continues exactly
-(weights, optimizer, scheduler, RNG states, epoch). Under torchrun the same function runs
-DDP: a DistributedSampler shards the scenes, validation confusion matrices are summed over
-ranks, and only rank 0 writes files.
+with the same recipe; ``--ssl mae`` adds ``ssl_weight * L_MAE``, model/mae.py); AdamW +
+OneCycleLR (one scheduler step per optimizer step); bf16 autocast on CUDA; a checkpoint every
+epoch (``last.safetensors``, plus ``best.safetensors`` by validation mIoU) and
+``train_state.pt`` so that ``resume=True`` continues exactly (weights, optimizer, scheduler,
+RNG states, epoch). Under torchrun the same function runs DDP: a DistributedSampler shards
+the scenes, validation confusion matrices are summed over ranks, and only rank 0 writes files.
 
 Run folder::
 
@@ -38,6 +38,7 @@ from tttkd.model.distributed import (
     init_distributed,
 )
 from tttkd.model.losses import distillation_loss_from_targets, sample_teacher, segmentation_loss
+from tttkd.model.mae import patch_mask, reconstruction_loss
 from tttkd.model.runlog import RunLog
 from tttkd.model.sparse.base import SparseContext
 from tttkd.model.train_setup import (
@@ -120,7 +121,7 @@ def train(
     teacher_dim = int(meta.teacher["dim"])
     net = build_network(cfg, len(class_names), teacher_dim, backend)
     if not cfg.loss.kd:  # Source-Only: rho_2D is not trained (and DDP must not wait for it)
-        net.set_trainable(psi_3d=True, rho_y=True, rho_2d=False)
+        net.set_trainable(psi_3d=True, rho_y=True, rho_2d=False, rho_mae=True)
     state = None
     if resume:
         from safetensors.torch import load_file
@@ -208,11 +209,18 @@ def train(
 
 def _losses(
     model: nn.Module, tb: TrainBatch, cfg: TrainConfig, backend: str, autocast
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(total, L_Y, L_2D, per-point logits)``; losses in float32 whatever the autocast."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(total, L_Y, L_2D, L_MAE, per-point logits)``; losses in float32 whatever the
+    autocast (``L_MAE`` is 0 without ``loss.ssl``)."""
     ctx = SparseContext(tb.batch.coords, backend)
+    mae_mask = None
+    if cfg.loss.ssl == "mae":  # patches drawn from torch's global RNG (seeded, resumed exactly)
+        mae_mask = patch_mask(
+            tb.batch.coords, cfg.data.voxel_size, cfg.loss.mae_patch_size, cfg.loss.mae_mask_ratio
+        )
     with autocast if autocast is not None else contextlib.nullcontext():
-        logits, kd_pred = model(tb.batch, ctx)
+        outputs = model(tb.batch, ctx) if mae_mask is None else model(tb.batch, ctx, mae_mask)
+    logits, kd_pred = outputs[0], outputs[1]
     # index_select, not ``x[idx]``: its backward (index_add_) is deterministic on CPU, while
     # advanced indexing's (index_put_ with accumulate) is not with > 1 thread; exact resume
     # and seeded repeats need it
@@ -229,7 +237,11 @@ def _losses(
     else:
         l_2d = torch.zeros((), device=l_y.device)
         total = l_y
-    return total, l_y, l_2d, point_logits
+    l_ssl = torch.zeros((), device=l_y.device)
+    if mae_mask is not None:
+        l_ssl = reconstruction_loss(outputs[2], tb.batch.feats, mae_mask)
+        total = total + cfg.loss.ssl_weight * l_ssl
+    return total, l_y, l_2d, l_ssl, point_logits
 
 
 def _train_epoch(
@@ -239,7 +251,7 @@ def _train_epoch(
     from tqdm import tqdm
 
     model.train()
-    sums = torch.zeros(5, dtype=torch.float64)  # loss, l_y, l_2d, correct, labelled
+    sums = torch.zeros(6, dtype=torch.float64)  # loss, l_y, l_2d, l_ssl, correct, labelled
     steps = 0
     bar = tqdm(
         loader,
@@ -250,7 +262,7 @@ def _train_epoch(
     )
     for tb in bar:
         tb = tb.to(device, non_blocking=True)
-        total, l_y, l_2d, point_logits = _losses(model, tb, cfg, backend, autocast)
+        total, l_y, l_2d, l_ssl, point_logits = _losses(model, tb, cfg, backend, autocast)
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         gnorm = None
@@ -265,11 +277,13 @@ def _train_epoch(
             lab = tb.point_labels
             keep = lab >= 0
             correct = (point_logits.argmax(1)[keep] == lab[keep]).sum()
-        vals = [float(x.detach()) for x in (total, l_y, l_2d, correct, keep.sum())]
+        vals = [float(x.detach()) for x in (total, l_y, l_2d, l_ssl, correct, keep.sum())]
         sums += torch.tensor(vals, dtype=torch.float64)
         bar.set_postfix(loss=f"{vals[0]:.4f}", lr=f"{lr:.2e}")
         if info.is_main and global_step % cfg.runtime.log_every == 0:
             step_rec = {"loss": vals[0], "loss_seg": vals[1], "loss_kd": vals[2], "lr": lr}
+            if cfg.loss.ssl != "none":
+                step_rec["loss_ssl"] = vals[3]
             if gnorm is not None:
                 step_rec["grad_norm"] = gnorm
             log.write("step", epoch=epoch + 1, step=global_step, **step_rec)
@@ -283,7 +297,8 @@ def _train_epoch(
         "loss": float(sums[0]) / n,
         "loss_seg": float(sums[1]) / n,
         "loss_kd": float(sums[2]) / n,
-        "accuracy": float(sums[3] / sums[4]) if sums[4] > 0 else math.nan,
+        "loss_ssl": float(sums[3]) / n,
+        "accuracy": float(sums[4] / sums[5]) if sums[5] > 0 else math.nan,
         "lr": optimizer.param_groups[0]["lr"],
     }
     return stats, global_step

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tttkd.model.config import ConfigError, TrainConfig, config_diff
 from tttkd.model.data import IN_CHANNELS, CacheSceneDataset, collate_items
 from tttkd.model.distributed import DistInfo
+from tttkd.model.mae import MAEConfig
 from tttkd.model.minkunet import build_backbone
 from tttkd.model.network import KDHeadConfig, SegKDNet
 from tttkd.model.sparse.base import available_backends, get_backend
@@ -122,7 +123,12 @@ def build_network(cfg: TrainConfig, num_classes: int, teacher_dim: int, backend:
         bn_momentum=m.bn_momentum,
         backend=backend,
     )
-    return SegKDNet(backbone, num_classes, teacher_dim, KDHeadConfig(m.kd_hidden, m.kd_norm))
+    mae = None
+    if cfg.loss.ssl == "mae":
+        mae = MAEConfig(cfg.loss.mae_mask_ratio, cfg.loss.mae_patch_size, m.kd_hidden, m.kd_norm)
+    return SegKDNet(
+        backbone, num_classes, teacher_dim, KDHeadConfig(m.kd_hidden, m.kd_norm), mae=mae
+    )
 
 
 def make_datasets(

@@ -1,7 +1,7 @@
 """Adaptation methods by name. Explicit imports, one line per method (no import side effects).
 
-Room for more: AdaContrast and TTT-MAE (masked-scene objective) subclass
-:class:`~tttkd.adapt.methods.base.Method` in their own module and get one line here.
+A new method subclasses :class:`~tttkd.adapt.methods.base.Method` in its own module and gets
+one line here.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from tttkd.adapt.methods.dua import DUAStatistics
 from tttkd.adapt.methods.source import SourceOnly
 from tttkd.adapt.methods.tent import Tent
 from tttkd.adapt.methods.ttt_kd import TTTKD, TTTKDOnline
+from tttkd.adapt.methods.ttt_mae import TTTMAE
 from tttkd.model.network import SegKDNet
 
 __all__ = ["METHODS", "Method", "SceneOutcome", "make_method"]
@@ -22,6 +23,7 @@ METHODS: dict[str, type[Method]] = {
     "ttt-kd-online": TTTKDOnline,
     "bn": DUAStatistics,
     "tent": Tent,
+    "ttt-mae": TTTMAE,
 }
 
 

@@ -1,0 +1,80 @@
+"""The ttt-mae and adacontrast baselines on the real session cache (tests/adapt/conftest.py):
+exactness at lr 0, what they update, seeds, state over the stream, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tttkd.adapt.config import AdaptConfig, AdaptConfigError
+from tttkd.adapt.methods import make_method
+from tttkd.adapt.methods.base import SceneOutcome
+from tttkd.adapt.runner import run_adaptation
+from tttkd.adapt.scenes import load_scene
+from tttkd.model.checkpoint import load_checkpoint, save_checkpoint
+from tttkd.model.mae import MAEConfig
+from tttkd.model.network import SegKDNet
+from tttkd.pipeline.cache import Cache
+
+
+@pytest.fixture(scope="module")
+def mae_checkpoint(adapt_fixture, tmp_path_factory):
+    """The session's joint checkpoint plus an (untrained) MAE head, saved like tttkd-train."""
+    fx = adapt_fixture
+    net, info = load_checkpoint(fx.checkpoint)
+    torch.manual_seed(5)
+    mae = SegKDNet(net.backbone, net.num_classes, net.teacher_dim, net.kd_head_config,
+                   mae=MAEConfig(0.4, 0.45, 32, "layer"))  # fmt: skip
+    mae.load_state_dict(net.state_dict(), strict=False)  # the MAE head keeps its init
+    path = tmp_path_factory.mktemp("mae") / "mae.safetensors"
+    save_checkpoint(path, mae.eval(), label_set=info.label_set, class_names=info.class_names,
+                    teacher_spec=info.teacher_spec, config=info.config)  # fmt: skip
+    return path
+
+
+def run(fx, checkpoint, **kw):
+    outcomes = {}
+    cfg = AdaptConfig(**{"steps": 3, "device": "cpu", "threads": 1, **kw})
+    result = run_adaptation(
+        cfg, fx.cache, checkpoint, progress=False, echo=lambda s: None,
+        on_scene=lambda m, s, o: outcomes.__setitem__((m, s), o),
+    )  # fmt: skip
+    return result, outcomes
+
+
+def test_ttt_mae_lr0_is_exactly_the_source_prediction(adapt_fixture, mae_checkpoint):
+    fx = adapt_fixture
+    result, out = run(fx, mae_checkpoint, methods=("source", "ttt-mae"), lr=0.0, split="val")
+    for sid in fx.val_scenes:
+        assert out["ttt-mae", sid].steps == 3
+        assert torch.equal(out["ttt-mae", sid].logits, out["source", sid].logits)
+    assert result.methods["ttt-mae"]["overall"] == result.methods["source"]["overall"]
+
+
+def test_ttt_mae_updates_psi_3d_only_and_resets_per_scene(adapt_fixture, mae_checkpoint):
+    fx = adapt_fixture
+    net, _ = load_checkpoint(mae_checkpoint)
+    cfg = AdaptConfig(methods=("ttt-mae",), steps=2, lr=0.5, threads=1)
+    method = make_method("ttt-mae", net, cfg)
+    cache = Cache.open(fx.cache, read_only=True)
+    scene = load_scene(cache, fx.val_scenes[0], device="cpu", backend="torch", max_images=None,
+                       seed=0, voxel_size=0.15, teacher=False)  # fmt: skip
+    assert scene.num_pairs == 0  # no image was read
+    out = SceneOutcome(logits=torch.zeros(0))
+    method.begin_scene(scene, out)
+    view = scene.view(0.0)
+    logits = method._steps_and_predict(scene, view, view, out)
+    assert logits is not None and out.steps == 2 and out.losses[0][0] > 0
+    before, after = net.state_dict(), method.net.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("backbone.") for k in changed)
+    assert not any("running_" in k for k in changed)  # BN statistics untouched (eval mode)
+    out2 = method.process(scene)  # the whole protocol: the weights are back afterwards
+    assert out2.updated
+    assert all(torch.equal(v, method.net.state_dict()[k]) for k, v in before.items())
+
+
+def test_ttt_mae_without_an_mae_head_is_a_clear_error(adapt_fixture):
+    fx = adapt_fixture
+    with pytest.raises(AdaptConfigError, match="--ssl mae"):
+        run(fx, fx.checkpoint, methods=("source", "ttt-mae"), split="val")
