@@ -57,6 +57,16 @@ class AdaptConfig:
     tent_lr: float = 1e-3
     tent_steps: int = 1
     tent_episodic: bool = False  # False: the original online TENT (weights carried)
+    # AdaContrast (method "adacontrast", Chen et al. CVPR 2022): online, EMA teacher, k-NN
+    # refined pseudo-labels, InfoNCE with a key queue, diversity term. AdaContrast's values
+    # where it has one; ours (3D) where marked
+    ac_lr: float = 2e-4  # SGD, momentum 0.9, nesterov, weight decay 1e-4 (AdaContrast)
+    ac_steps: int = 1  # steps per scene (AdaContrast: one per batch)
+    ac_ema: float = 0.999  # teacher momentum
+    ac_neighbors: int = 10  # soft k-NN voting in the feature bank
+    ac_bank: int = 16384  # feature bank and key queue length (voxels)
+    ac_temperature: float = 0.07  # InfoNCE
+    ac_samples: int = 2048  # voxels per scene in the losses and the bank (ours)
     # run
     seed: int = 0
     device: str = "cpu"
@@ -96,6 +106,13 @@ class AdaptConfig:
             (0 <= self.bn_min_momentum <= 1, "bn_min_momentum must lie in [0, 1]"),
             (self.tent_lr >= 0, "tent_lr must be >= 0"),
             (self.tent_steps >= 1, "tent_steps must be >= 1"),
+            (self.ac_lr >= 0, "ac_lr must be >= 0"),
+            (self.ac_steps >= 1, "ac_steps must be >= 1"),
+            (0 <= self.ac_ema <= 1, "ac_ema must lie in [0, 1]"),
+            (self.ac_neighbors >= 1, "ac_neighbors must be >= 1"),
+            (self.ac_bank >= self.ac_samples, "ac_bank must be >= ac_samples"),
+            (self.ac_temperature > 0, "ac_temperature must be > 0"),
+            (self.ac_samples >= 2, "ac_samples must be >= 2"),
             (self.kd_loss in ("cosine", "l2"), "kd_loss must be cosine or l2"),
             (self.threads is None or self.threads >= 1, "threads must be >= 1"),
         ]

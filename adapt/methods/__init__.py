@@ -7,6 +7,7 @@ one line here.
 from __future__ import annotations
 
 from tttkd.adapt.config import AdaptConfig
+from tttkd.adapt.methods.adacontrast import AdaContrast
 from tttkd.adapt.methods.base import Method, SceneOutcome
 from tttkd.adapt.methods.dua import DUAStatistics
 from tttkd.adapt.methods.source import SourceOnly
@@ -24,6 +25,7 @@ METHODS: dict[str, type[Method]] = {
     "bn": DUAStatistics,
     "tent": Tent,
     "ttt-mae": TTTMAE,
+    "adacontrast": AdaContrast,
 }
 
 

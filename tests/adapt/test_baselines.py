@@ -78,3 +78,51 @@ def test_ttt_mae_without_an_mae_head_is_a_clear_error(adapt_fixture):
     fx = adapt_fixture
     with pytest.raises(AdaptConfigError, match="--ssl mae"):
         run(fx, fx.checkpoint, methods=("source", "ttt-mae"), split="val")
+
+
+def test_adacontrast_refinement_equals_a_brute_force_knn_vote():
+    from tttkd.adapt.methods.adacontrast import refine_pseudo_labels
+
+    g = torch.Generator().manual_seed(0)
+    feats = torch.nn.functional.normalize(torch.randn(7, 5, generator=g), dim=1)
+    bank = torch.nn.functional.normalize(torch.randn(12, 5, generator=g), dim=1)
+    probs = torch.softmax(torch.randn(12, 4, generator=g) * 3, 1)
+    labels, refined = refine_pseudo_labels(feats, bank, probs, k=3)
+    for i in range(7):
+        sims = [float(sum(feats[i, d] * bank[j, d] for d in range(5))) for j in range(12)]
+        nearest = sorted(range(12), key=lambda j: -sims[j])[:3]
+        vote = [sum(float(probs[j, c]) for j in nearest) / 3 for c in range(4)]
+        assert refined[i].tolist() == pytest.approx(vote, abs=1e-6)
+        assert int(labels[i]) == max(range(4), key=lambda c: vote[c])
+    # k larger than the bank: every entry votes
+    labels, refined = refine_pseudo_labels(feats, bank[:2], probs[:2], k=10)
+    assert torch.allclose(refined, probs[:2].mean(0).expand(7, 4))
+
+
+AC = dict(methods=("adacontrast",), ac_lr=0.05, ac_samples=256, ac_bank=1024)
+
+
+def test_adacontrast_is_repeatable_with_a_seed(adapt_fixture):
+    fx = adapt_fixture
+    scenes = fx.val_scenes[:2]
+    _, a = run(fx, fx.checkpoint, scenes=scenes, **AC)
+    _, b = run(fx, fx.checkpoint, scenes=scenes, **AC)
+    _, c = run(fx, fx.checkpoint, scenes=scenes, seed=1, **AC)
+    for sid in scenes:
+        assert a["adacontrast", sid].updated and a["adacontrast", sid].steps == 1
+        assert torch.equal(a["adacontrast", sid].logits, b["adacontrast", sid].logits)
+        assert a["adacontrast", sid].losses == b["adacontrast", sid].losses
+    assert not torch.equal(a["adacontrast", scenes[1]].logits, c["adacontrast", scenes[1]].logits)
+
+
+def test_adacontrast_carries_its_state_over_the_stream(adapt_fixture):
+    fx = adapt_fixture
+    s = fx.val_scenes
+    _, a = run(
+        fx, fx.checkpoint, scenes=(s[0], s[1]), **{**AC, "methods": ("adacontrast", "source")}
+    )
+    _, b = run(fx, fx.checkpoint, scenes=(s[1],), **AC)
+    assert not torch.equal(a["adacontrast", s[1]].logits, b["adacontrast", s[1]].logits)
+    assert not torch.equal(a["adacontrast", s[0]].logits, a["source", s[0]].logits)
+    first = a["adacontrast", s[0]].extra["bank_size"]
+    assert first > 0 and a["adacontrast", s[1]].extra["bank_size"] > first
