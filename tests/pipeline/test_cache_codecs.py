@@ -142,7 +142,10 @@ def test_bench_cache_runs_and_orders_codecs(capsys):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     rows = {
-        r["codec"]: r for r in bench.main(["--images", "4", "--grid", "16", "20", "--dim", "128"])
+        r["codec"]: r
+        for r in bench.main(
+            ["--images", "4", "--grid", "16", "20", "--dim", "128", "--no-point-grids"]
+        )
     }
     assert "x fp16" in capsys.readouterr().out
     assert rows["fp16"]["cosine"] == 1.0
@@ -150,3 +153,18 @@ def test_bench_cache_runs_and_orders_codecs(capsys):
     assert rows["pca64"]["feature_bytes"] < 0.7 * rows["fp16"]["feature_bytes"]
     assert all(r["cosine"] > 0.999 for c, r in rows.items() if c.startswith("bitround"))
     assert rows["pca128"]["cosine"] > 0.999 and rows["pca64"]["cosine"] > 0.9
+
+
+def test_bench_cache_point_grids_cost_more_points_and_bytes():
+    """Part 2 of bench_cache on a tiny room: a finer point grid stores more points and pairs."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_cache.py"
+    spec = importlib.util.spec_from_file_location("bench_cache", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    one, four = bench.point_grid_rows(voxel=0.2, spacing=0.05, views=2, divisors=(1, 4))
+    assert one["full_points"] == four["full_points"]
+    assert four["points"] > 4 * one["points"] and four["pairs"] > 4 * one["pairs"]
+    assert four["point_bytes"] > one["point_bytes"] and four["scene_bytes"] > one["scene_bytes"]

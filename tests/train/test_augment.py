@@ -66,6 +66,16 @@ def test_elastic_distortion_is_smooth_and_bounded():
     assert np.abs(disp[i] - disp[j]).mean() < 0.25 * np.abs(disp).mean()
 
 
+def test_trilinear_reproduces_a_linear_field():
+    """Trilinear interpolation is exact for a linear field (the elastic field's sampler)."""
+    rng = np.random.default_rng(0)
+    shape, coef = (5, 6, 7), rng.normal(size=(3, 2))
+    cells = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1)
+    grid = cells @ coef + [0.5, -1.0]
+    idx = rng.uniform(0, np.array(shape) - 1 - 1e-9, (500, 3))
+    np.testing.assert_allclose(A._trilinear(grid, idx), idx @ coef + [0.5, -1.0], atol=1e-12)
+
+
 def test_subset_drops_and_reindexes_pairs():
     ps = point_set(300)
     keep = np.zeros(300, bool)
