@@ -2,10 +2,14 @@
 
 One item = one scene (two under Mix3D): its points, labels and, for the distillation loss, a
 random subset of at most ``max_images`` of its images with their correspondences; only those
-images' feature chunks are read, never every image of the scene. After augmentation the
-points are voxelized again (``pipeline.voxelize``) and every point keeps its voxel row
-(``Sample.point_to_voxel``), so both losses are per point: the segmentation loss gathers the
-voxel logits of each point, and each pair's point is mapped to its voxel row.
+images' feature chunks are read, never every image of the scene. The cache keeps the points
+on a grid finer than the network voxel (schema 2, ``point_voxel_size``); only after
+augmentation are they voxelized at the network's ``voxel_size`` (:func:`to_sample`, the one
+function every consumer uses: training, validation, TTT views, DUA passes), so a rotated and
+scaled view has the voxels the dense scan would give, not the holes of a re-binned lattice.
+Every point keeps its voxel row (``Sample.point_to_voxel``), so both losses are per point: the
+segmentation loss gathers the voxel logits of each point, and each pair's point is mapped to
+its voxel row.
 
 Randomness: an item is a pure function of ``(seed, epoch, index)`` (one numpy Generator per
 item), so DataLoader workers, their number and a resumed run all see the same data.
@@ -78,7 +82,13 @@ def collate_items(items: Sequence[Item]) -> TrainBatch:
 
 
 def to_sample(ps: PointSet, voxel_size: float, *, with_corr: bool) -> tuple[Sample, Tensor]:
-    """Voxelize ``ps`` (one representative per voxel) and map every point and pair to it."""
+    """Voxelize ``ps`` at the network's ``voxel_size`` and map every point and pair to it.
+
+    Call it after any geometric augmentation. A voxel's input features are the colour of its
+    representative point (the one nearest the voxel centre, ``pipeline.voxelize``), not a
+    mean: a real measurement, and the same rule at training and test time; its label is that
+    point's label too (``Sample.labels``; losses and scores use the per-point labels).
+    """
     from tttkd.pipeline.voxelize import voxelize
 
     vox = voxelize(ps.xyz, voxel_size, label=ps.label)
