@@ -46,6 +46,8 @@ def test_overfits_one_scene_and_loss_decreases(train_cache, tiny_sets, tmp_path)
     net, info = load_checkpoint(tmp_path / "run" / "best.safetensors")
     assert info.config["data"]["voxel_size"] == 0.2 and info.config["optim"]["lr"] == 0.02
     assert info.teacher_dim == 32 and info.label_set == "scannet20" and info.backend == "torch"
+    # the metadata-only reader (no weights loaded) gives what loading the checkpoint gives
+    assert read_checkpoint_info(tmp_path / "run" / "best.safetensors") == info
     assert (tmp_path / "run" / "config.yaml").is_file()
     steps = read_log(tmp_path / "run" / "log.jsonl", "step")
     assert steps and {"loss", "loss_seg", "loss_kd", "lr"} <= set(steps[0])
@@ -130,4 +132,3 @@ def test_sparse_sync_bn_conversion_keeps_weights_and_output():
     assert conv.state_dict().keys() == before.keys()
     assert all(torch.equal(conv.state_dict()[k], v) for k, v in before.items())
     torch.testing.assert_close(conv.predict(feats, SparseContext(coords)), ref)
-    assert read_checkpoint_info  # the checkpoint reader is shared with adapt
