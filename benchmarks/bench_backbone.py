@@ -1,6 +1,7 @@
 """MinkUNet34C on the pure-torch backend: step time, kernel-map share, what reuse saves.
 
     python benchmarks/bench_backbone.py [--voxels 60000] [--arch minkunet34c] [--repeats 2]
+                                        [--backend torch|table]
 
 Test-time training runs ~100 forward+backward passes on one scene's coordinates, so the
 figure that matters is a step with the context (kernel maps) reused; the first step also
@@ -19,7 +20,7 @@ import time
 import torch
 
 from tttkd.model.minkunet import build_backbone
-from tttkd.model.sparse import torch_backend
+from tttkd.model.sparse import table_backend, torch_backend
 from tttkd.model.sparse.base import SparseContext, SparseTensor
 from tttkd.model.sparse.testing import room_coords
 
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     p.add_argument("--arch", default="minkunet34c")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--backend", default="torch", choices=("torch", "table"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -54,17 +56,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     net = build_backbone(args.arch, in_channels=3)
     n = coords.shape[0]
     rss0 = _peak_rss_mib()
-    _step(net, SparseContext(coords, "torch"), feats)  # warm-up: allocator, threads
+    be = args.backend
+    _step(net, SparseContext(coords, be), feats)  # warm-up: allocator, threads
 
     fresh, reused, build, cpu = [], [], [], []
     for _ in range(args.repeats):
-        fresh.append(_timed(lambda: _step(net, SparseContext(coords, "torch"), feats)))
-        ctx = SparseContext(coords, "torch")
-        build.append(_timed(lambda ctx=ctx: _build_all_maps(ctx, net.arch["stem_kernel"])))
+        fresh.append(_timed(lambda: _step(net, SparseContext(coords, be), feats)))
+        ctx = SparseContext(coords, be)
+        build.append(_timed(lambda ctx=ctx: _build_all_maps(ctx, net.arch["stem_kernel"], be)))
         c0 = time.process_time()
         reused.append(_timed(lambda ctx=ctx: _step(net, ctx, feats)))
         cpu.append((time.process_time() - c0) * 1e3)
-    ctx = SparseContext(coords, "torch")
+    ctx = SparseContext(coords, be)
     with torch.no_grad():
         fwd = _timed(lambda: net(SparseTensor.from_context(feats, ctx)))
         fwd_reused = _timed(lambda: net(SparseTensor.from_context(feats, ctx)))
@@ -75,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     # minimum over repeats: the least disturbed run (other processes share these cores)
     f, r, b = min(fresh), min(reused), min(build)
     print(
-        f"{args.arch} torch fwd+bwd {n / 1000:.0f}k voxels: {r:.0f} ms; "
+        f"{args.arch} {be} fwd+bwd {n / 1000:.0f}k voxels: {r:.0f} ms; "
         f"kernel-map build: {b:.0f} ms ({100 * b / f:.0f}% of step); "
         f"reuse speedup: {f / r:.2f}x"
     )
@@ -85,11 +88,25 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         f"peak RSS growth {peak:.0f} MiB; {args.threads} threads, "
         f"CPU time of a reused step {min(cpu):.0f} ms"
     )
-    return {"step_ms": r, "fresh_ms": f, "build_ms": b, "fwd_ms": fwd_reused, "peak_mib": peak}
+    return {
+        "step_ms": r,
+        "fresh_ms": f,
+        "build_ms": b,
+        "fwd_ms": fwd_reused,
+        "peak_mib": peak,
+        "cpu_ms": min(cpu),
+    }
 
 
-def _build_all_maps(ctx: SparseContext, stem_kernel: int) -> None:
-    """The kernel maps a MinkUNet forward builds, outside any conv."""
+def _build_all_maps(ctx: SparseContext, stem_kernel: int, backend: str = "torch") -> None:
+    """The kernel maps (or neighbour tables) a MinkUNet forward builds, outside any conv."""
+    if backend == "table":
+        for s in (1, 2, 4, 8):
+            table_backend.tables(ctx, "down", s, 2)
+        table_backend.tables(ctx, "subm", 1, stem_kernel)
+        for s in (1, 2, 4, 8, 16):
+            table_backend.tables(ctx, "subm", s, 3)
+        return
     for s in (1, 2, 4, 8):
         torch_backend.down_map(ctx, s, 2)
     torch_backend.submanifold_map(ctx, 1, stem_kernel)

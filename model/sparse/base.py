@@ -76,11 +76,13 @@ __all__ = [
 
 T = TypeVar("T")
 
-# Backends in order of preference on CPU; "torch" is always available.
-BACKEND_NAMES: tuple[str, ...] = ("torch", "spconv", "minkowski")
+# Every backend this install knows; "torch" (the reference) and "table" are always available.
+# Which one ``auto`` picks on a device is decided in ``select.py``, by measurement.
+BACKEND_NAMES: tuple[str, ...] = ("torch", "table", "spconv", "minkowski")
 
 INSTALL_HINTS: dict[str, str] = {
     "torch": "nothing to install (pure PyTorch)",
+    "table": "nothing to install (pure PyTorch)",
     "spconv": "pip install spconv  (CPU; on GPU the CUDA wheel instead, e.g. spconv-cu121)",
     "minkowski": "scripts/build_minkowski.sh  (builds MinkowskiEngine 0.5.4 from source, ~5 min)",
 }
