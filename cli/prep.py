@@ -342,12 +342,18 @@ def inspect_cmd(cache: str, as_json: bool) -> None:
 @click.command("verify")
 @click.argument("cache")
 @click.option("--scene", "scenes", multiple=True, help="only these scenes")
-def verify_cmd(cache: str, scenes: tuple[str, ...]) -> None:
-    """Check every scene: complete, shapes consistent, indices in range, features finite."""
+@click.option(
+    "--quick",
+    is_flag=True,
+    help="check chunk presence, counts and shapes only (no checksums, no chunk is read)",
+)
+def verify_cmd(cache: str, scenes: tuple[str, ...], quick: bool) -> None:
+    """Check every scene: checksums of every array, complete, shapes consistent, indices in
+    range, features finite."""
     from tttkd.pipeline.cache import Cache, CacheError
 
     try:
-        problems = Cache.open(cache, read_only=True).verify(list(scenes) or None)
+        problems = Cache.open(cache, read_only=True).verify(list(scenes) or None, quick=quick)
     except CacheError as e:
         raise click.ClickException(str(e)) from e
     bad = {k: v for k, v in problems.items() if v}

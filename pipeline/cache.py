@@ -50,6 +50,14 @@ from tttkd.pipeline.cache_codecs import (
     parse_codec,
 )
 from tttkd.pipeline.cache_encode import encode_scene, scene_attrs
+from tttkd.pipeline.cache_integrity import (
+    MANIFEST,
+    CheckedGroup,
+    check_root,
+    manifest_problems,
+    scene_manifest,
+    with_root_digest,
+)
 from tttkd.pipeline.cache_layout import (
     CAMERA_ARRAYS,
     CORR_ARRAYS,
@@ -144,6 +152,7 @@ class Cache:
         existing = cls._root_attrs(store)
         if existing is not None and existing.get("format") == FORMAT:
             if existing.get("schema") == SCHEMA_VERSION and not overwrite:
+                check_root(existing, url)
                 old = CacheMeta.from_dict(existing)
                 diffs = old.conflicts_with(meta)
                 if not diffs:
@@ -167,7 +176,8 @@ class Cache:
                 file=url,
                 fix="choose an empty or new --out location",
             )
-        root = zarr.open_group(store, mode="w", attributes={"format": FORMAT, **meta.to_dict()})
+        attrs = with_root_digest({"format": FORMAT, **meta.to_dict()})
+        root = zarr.open_group(store, mode="w", attributes=attrs)
         root.create_group(SCENES)
         return cls(store, url, meta, False, storage_options)
 
@@ -186,6 +196,7 @@ class Cache:
             )
         if attrs.get("schema") != SCHEMA_VERSION:
             raise schema_error(attrs, url)
+        check_root(attrs, url)
         store = (
             probe
             if read_only
@@ -323,16 +334,22 @@ class Cache:
         run_sync(self._store.delete_dir(path))  # leftovers of an interrupted write go first
         group = zarr.create_group(self._store, path=path, attributes=attrs)
         write_group_arrays(group, rec, stored, codec.name)
+        manifest = scene_manifest(self._store, path, group)  # checksums of every array
         group.update_attributes(
-            {"complete": True, "write_seconds": round(time.perf_counter() - t0, 3)}
+            {
+                MANIFEST: manifest,
+                "complete": True,
+                "write_seconds": round(time.perf_counter() - t0, 3),
+            }
         )
 
     # ---- reading ---------------------------------------------------------------------------
     def _complete_group(self, scene_id: str) -> Any:
         import zarr
 
+        path = scene_path(encode_scene_id(scene_id))
         try:
-            g = zarr.open_group(self._store, path=scene_path(encode_scene_id(scene_id)), mode="r")
+            g = zarr.open_group(self._store, path=path, mode="r")
         except Exception as e:
             raise CacheError(
                 "no such scene in the cache",
@@ -347,7 +364,7 @@ class Cache:
                 scene=scene_id,
                 fix="rerun tttkd-prep with the same --out; it redoes incomplete scenes",
             )
-        return g
+        return CheckedGroup(self._store, path, g, scene_id, self.url)  # chunks present
 
     def read_scene(
         self, scene_id: str, *, images: Sequence[int] | None = None, features: bool = True
@@ -415,15 +432,21 @@ class Cache:
         )
 
     # ---- inspection ------------------------------------------------------------------------
-    def verify(self, scene_ids: Sequence[str] | None = None) -> dict[str, list[str]]:
-        """scene id -> problems (empty list: fine) for every scene, incomplete ones included."""
+    def verify(
+        self, scene_ids: Sequence[str] | None = None, *, quick: bool = False
+    ) -> dict[str, list[str]]:
+        """scene id -> problems (empty list: fine) for every scene, incomplete ones included.
+
+        Checksums of every array are recomputed; ``quick`` checks chunk presence, counts and
+        shapes only (no chunk is read).
+        """
         if scene_ids is None:
             entries = self._entries()
         else:
             entries = [(n, self._group_attrs(n)) for n in map(encode_scene_id, scene_ids)]
-        return {self._entry_id(n, a): self._verify_group(n, a) for n, a in entries}
+        return {self._entry_id(n, a): self._verify_group(n, a, quick) for n, a in entries}
 
-    def _verify_group(self, name: str, attrs: dict | None) -> list[str]:
+    def _verify_group(self, name: str, attrs: dict | None, quick: bool = False) -> list[str]:
         import zarr
 
         if attrs is None:
@@ -431,7 +454,13 @@ class Cache:
         if not attrs.get("complete"):
             return ["incomplete: its write was interrupted; rerun tttkd-prep to redo it"]
         g = zarr.open_group(self._store, path=scene_path(name), mode="r")
-        return verify_group(g, attrs, self.meta, self._entry_id(name, attrs))
+        p = manifest_problems(self._store, scene_path(name), g, attrs, quick=quick)
+        if quick:
+            return p
+        try:
+            return p + verify_group(g, attrs, self.meta, self._entry_id(name, attrs))
+        except Exception as e:  # an undecodable chunk (already named by the checksums)
+            return p + [f"cannot decode its arrays: {type(e).__name__}: {e}"]
 
     def summary(self) -> dict:
         """Scenes per split, points, images, correspondences per point, bytes on disk."""

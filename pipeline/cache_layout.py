@@ -133,7 +133,7 @@ def write_group_arrays(group: Any, rec: SceneRecord, stored: np.ndarray, codec: 
     from zarr.codecs import ZstdCodec
     from zarr.errors import UnstableSpecificationWarning
 
-    zstd = [ZstdCodec(level=3)]
+    zstd = [ZstdCodec(level=3, checksum=True)]  # a damaged chunk fails to decode, loudly
     for key, field_name in POINT_ARRAYS + CAMERA_ARRAYS + CORR_ARRAYS:
         data = getattr(rec, field_name)
         group.create_array(key, data=data, chunks=chunks_for(data.shape), compressors=zstd)
