@@ -5,7 +5,9 @@ Panels (each a sweep over one option, every point a full ``run_adaptation``):
 ``teacher`` (c) source vs TTT-KD per (cache, checkpoint) pair, one pair per teacher;
 ``stride`` (d) TTT-KD-O mIoU and scenes/s vs stride; ``momentum`` (e) mIoU vs steps, one
 curve per momentum. ``source`` is run once per cache (no swept option changes it). Every
-point keeps its own results.json under ``runs/``.
+point keeps its own results.json under ``runs/``. ``method`` (``--method``) swaps TTT-KD for
+another TTT method in ``steps``/``momentum``/``teacher`` (``ttt-mae``), or sweeps
+``adacontrast``'s steps per scene (``ac_steps``) in ``steps``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from tttkd.adapt.runner import run_adaptation
 __all__ = ["SWEEPS", "SweepPoint", "TeacherPair", "plot_sweeps", "run_sweeps", "write_sweep_csv"]
 
 SWEEPS: tuple[str, ...] = ("steps", "images", "teacher", "stride", "momentum")
+SWEEP_METHODS: tuple[str, ...] = ("ttt-kd", "ttt-mae", "adacontrast")
 DEFAULT_VALUES: dict[str, tuple[float, ...]] = {
     "steps": (1, 5, 10, 50, 100, 200),
     "images": (1, 2, 5, 10, 20, 50),
@@ -91,6 +94,7 @@ def run_sweeps(
     teachers: Sequence[TeacherPair] = (),
     echo: Callable[[str], None] = print,
     progress: bool = False,
+    method: str = "ttt-kd",
 ) -> list[SweepPoint]:
     """Run the requested sweeps; writes ``runs/<sweep>_<value>/results.json`` per point."""
     out = Path(out)
@@ -98,6 +102,14 @@ def run_sweeps(
     unknown = [s for s in sweeps if s not in SWEEPS]
     if unknown:
         raise AdaptConfigError(f"unknown sweep(s) {unknown}; choose from {', '.join(SWEEPS)}")
+    if method not in SWEEP_METHODS:
+        raise AdaptConfigError(f"sweep method {method!r}: choose from {', '.join(SWEEP_METHODS)}")
+    only_kd = {"images"} | ({"momentum", "teacher"} if method == "adacontrast" else set())
+    if method != "ttt-kd" and only_kd & set(sweeps):
+        raise AdaptConfigError(
+            f"the {', '.join(sorted(only_kd & set(sweeps)))} sweep(s) apply to ttt-kd only "
+            f"here; run them without --method {method}"
+        )
     if "teacher" in sweeps and not teachers:
         raise AdaptConfigError("the teacher sweep needs --teacher NAME=CACHE::CHECKPOINT pairs")
     rows: list[SweepPoint] = []
@@ -118,20 +130,22 @@ def run_sweeps(
     for sweep in sweeps:
         if sweep == "teacher":
             for pair in teachers:
-                cfg = base.with_(methods=("source", "ttt-kd"))
+                cfg = base.with_(methods=("source", method))
                 res = run(f"teacher_{pair.name}", cfg, pair.cache, pair.checkpoint)
                 rows += _points("teacher", pair.name, res, cfg, pair.name)
             continue
         if sweep == "momentum":
             for mom in values["momentum"]:
                 for steps in momentum_steps:
-                    cfg = base.with_(methods=("ttt-kd",), momentum=float(mom), steps=int(steps))
+                    cfg = base.with_(methods=(method,), momentum=float(mom), steps=int(steps))
                     res = run(f"momentum_{mom:g}_steps_{steps}", cfg)
                     rows += _points("momentum", float(mom), res, cfg, "")
             continue
         for v in values[sweep]:
-            if sweep == "steps":
-                cfg = base.with_(methods=("ttt-kd",), steps=int(v))
+            if sweep == "steps" and method == "adacontrast":
+                cfg = base.with_(methods=(method,), ac_steps=int(v))
+            elif sweep == "steps":
+                cfg = base.with_(methods=(method,), steps=int(v))
             elif sweep == "images":
                 cfg = base.with_(methods=("ttt-kd",), max_images=int(v))
             else:  # stride
@@ -169,7 +183,7 @@ def plot_sweeps(rows: Sequence[SweepPoint], out: Path) -> Path | None:
         ax.set_title(f"({letters[sweep]}) {sweep}")
         if sweep == "teacher":
             names = list(dict.fromkeys(r.value for r in pts))
-            for j, method in enumerate(("source", "ttt-kd")):
+            for j, method in enumerate(dict.fromkeys(r.method for r in pts)):
                 vals = [
                     100 * next((r.miou or 0 for r in pts if r.value == n and r.method == method), 0)
                     for n in names
@@ -195,7 +209,7 @@ def plot_sweeps(rows: Sequence[SweepPoint], out: Path) -> Path | None:
                 ax.set_ylabel("mIoU (%)")
                 if src is not None:
                     ax.axhline(100 * src, color="gray", ls="--", label="source")
-            ax.plot(xs, ys, marker="o", label="TTT-KD-O" if sweep == "stride" else "TTT-KD")
+            ax.plot(xs, ys, marker="o", label=pts[0].method if pts else "")
             ax.set_xlabel(
                 {
                     "steps": "TTT steps",

@@ -170,6 +170,48 @@ def _options(f: Callable) -> Callable:
             help="tent: reset per scene, or carry (original)",
         ),
         click.option(
+            "--ac-lr",
+            type=click.FloatRange(min=0),
+            default=d.ac_lr,
+            show_default=True,
+            help="adacontrast: SGD lr (momentum 0.9, nesterov, weight decay 1e-4)",
+        ),
+        click.option(
+            "--ac-steps",
+            type=click.IntRange(min=1),
+            default=d.ac_steps,
+            show_default=True,
+            help="adacontrast: steps per scene",
+        ),
+        click.option(
+            "--ac-ema",
+            type=click.FloatRange(0, 1),
+            default=d.ac_ema,
+            show_default=True,
+            help="adacontrast: teacher EMA momentum",
+        ),
+        click.option(
+            "--ac-neighbors",
+            type=click.IntRange(min=1),
+            default=d.ac_neighbors,
+            show_default=True,
+            help="adacontrast: k of the soft k-NN pseudo-label vote",
+        ),
+        click.option(
+            "--ac-bank",
+            type=click.IntRange(min=2),
+            default=d.ac_bank,
+            show_default=True,
+            help="adacontrast: feature bank and key queue length (voxels)",
+        ),
+        click.option(
+            "--ac-samples",
+            type=click.IntRange(min=2),
+            default=d.ac_samples,
+            show_default=True,
+            help="adacontrast: voxels per scene in the losses and the bank",
+        ),
+        click.option(
             "--split",
             default=None,
             help="adapt on this cache split (default: every scene, or --scenes)",
@@ -237,6 +279,12 @@ def _config(methods: tuple[str, ...], kw: dict[str, Any], **extra: Any) -> Adapt
         tent_lr=kw["tent_lr"],
         tent_steps=kw["tent_steps"],
         tent_episodic=kw["tent_episodic"],
+        ac_lr=kw["ac_lr"],
+        ac_steps=kw["ac_steps"],
+        ac_ema=kw["ac_ema"],
+        ac_neighbors=kw["ac_neighbors"],
+        ac_bank=kw["ac_bank"],
+        ac_samples=kw["ac_samples"],
         seed=kw["seed"],
         device=_device(kw["device"]),
         threads=kw["threads"],
@@ -270,7 +318,8 @@ def _errors() -> tuple[type[Exception], ...]:
     "methods",
     default=",".join(_DEFAULT.methods),
     show_default=True,
-    help="comma-separated: source, ttt-kd, ttt-kd-online, bn, tent (one run, shared scenes)",
+    help="comma-separated: source, ttt-kd, ttt-kd-online, bn, tent, ttt-mae (needs a "
+    "checkpoint trained with --ssl mae), adacontrast (one run, shared scenes)",
 )
 @click.option("--save-predictions", is_flag=True, help="write predictions/<method>/<scene>.npy")
 @click.option(
@@ -331,6 +380,14 @@ def cli(
     help="comma-separated sweeps: steps, images, teacher, stride, momentum",
 )
 @click.option(
+    "--method",
+    "sweep_method",
+    type=click.Choice(["ttt-kd", "ttt-mae", "adacontrast"]),
+    default="ttt-kd",
+    show_default=True,
+    help="the method of the steps/momentum/teacher sweeps (adacontrast: steps per scene)",
+)
+@click.option(
     "--values",
     "value_specs",
     multiple=True,
@@ -350,6 +407,7 @@ def cli(
 )
 def sweep_cmd(
     over: str,
+    sweep_method: str,
     value_specs: tuple[str, ...],
     momentum_steps: str,
     teachers: tuple[str, ...],
@@ -377,7 +435,7 @@ def sweep_cmd(
             )
         pairs.append(TeacherPair(name, cache, ckpt))
     try:
-        base = _config(("ttt-kd",), kw)
+        base = _config((sweep_method,), kw)
         rows = run_sweeps(
             base,
             kw["cache"],
@@ -389,6 +447,7 @@ def sweep_cmd(
             teachers=pairs,
             echo=click.echo,
             progress=kw["progress"],
+            method=sweep_method,
         )
     except _errors() as e:
         raise click.ClickException(str(e)) from e

@@ -126,3 +126,82 @@ def test_adacontrast_carries_its_state_over_the_stream(adapt_fixture):
     assert not torch.equal(a["adacontrast", s[0]].logits, a["source", s[0]].logits)
     first = a["adacontrast", s[0]].extra["bank_size"]
     assert first > 0 and a["adacontrast", s[1]].extra["bank_size"] > first
+
+
+def test_cli_runs_both_baselines_into_every_output_and_the_sweep(
+    adapt_fixture, mae_checkpoint, tmp_path
+):
+    import csv
+    import json
+
+    from click.testing import CliRunner
+
+    from tttkd.cli.adapt import cli
+
+    fx = adapt_fixture
+    common = ["--cache", fx.cache, "--checkpoint", str(mae_checkpoint), "--steps", "2",
+              "--scenes", ",".join(fx.val_scenes[:2]), "--device", "cpu", "--no-progress",
+              "--threads", "1"]  # fmt: skip
+    out = tmp_path / "run"
+    res = CliRunner().invoke(
+        cli,
+        [
+            *common,
+            "--out",
+            str(out),
+            "--method",
+            "source,ttt-mae,adacontrast",
+            "--ac-samples",
+            "256",
+            "--ac-bank",
+            "1024",
+        ],  # fmt: skip
+        catch_exceptions=False,
+    )
+    assert res.exit_code == 0, res.output
+    result = json.loads((out / "results.json").read_text())
+    assert result["config"]["ac_samples"] == 256
+    for m in ("ttt-mae", "adacontrast"):
+        assert 0 <= result["methods"][m]["overall"]["miou"] <= 1
+        assert f"| {m} |" in (out / "table.md").read_text()
+    assert {r["method"] for r in csv.DictReader((out / "results.csv").open())} >= {
+        "ttt-mae", "adacontrast"
+    }  # fmt: skip
+    sweep = tmp_path / "sweep"
+    res = CliRunner().invoke(
+        cli,
+        [
+            "sweep",
+            *common,
+            "--out",
+            str(sweep),
+            "--method",
+            "ttt-mae",
+            "--over",
+            "steps",
+            "--values",
+            "steps=0,2",
+        ],  # fmt: skip
+        catch_exceptions=False,
+    )
+    assert res.exit_code == 0, res.output
+    rows = {(r["sweep"], r["value"]): r for r in csv.DictReader((sweep / "sweep.csv").open())}
+    assert rows["steps", "2.0"]["method"] == "ttt-mae"
+    assert rows["steps", "0.0"]["miou"] == rows["source", "-"]["miou"]
+    # a checkpoint without the MAE head: a one-line error, no traceback
+    res = CliRunner().invoke(
+        cli,
+        [
+            "--cache",
+            fx.cache,
+            "--checkpoint",
+            str(fx.checkpoint),
+            "--out",
+            str(tmp_path / "bad"),
+            "--method",
+            "ttt-mae",
+            "--device",
+            "cpu",
+        ],  # fmt: skip
+    )
+    assert res.exit_code == 1 and "--ssl mae" in res.output and "Traceback" not in res.output
