@@ -29,6 +29,7 @@ from tttkd.adapt.scenes import SceneData, load_scene
 from tttkd.adapt.ttt import synchronize
 from tttkd.model.checkpoint import CheckpointError, CheckpointInfo, load_checkpoint
 from tttkd.model.network import SegKDNet
+from tttkd.model.sparse.select import backend_line, resolve_backend
 from tttkd.pipeline.cache import Cache
 
 __all__ = [
@@ -203,7 +204,10 @@ def _run(
     cache = Cache.open(cache_url, read_only=True)
     teacher_dim = int(cache.meta.teacher.get("dim", 0)) or None
     net, info = load_checkpoint(
-        checkpoint, backend=cfg.backend, device=device, expect_teacher_dim=teacher_dim
+        checkpoint,
+        backend=None if cfg.backend == "auto" else cfg.backend,
+        device=device,
+        expect_teacher_dim=teacher_dim,
     )
     notes = check_teacher(info, cache)
     voxel_size, voxel_notes = network_voxel_size(info, cache)
@@ -211,7 +215,9 @@ def _run(
     mapping: LabelMapping = label_mapping(
         info.label_set, info.class_names, cache.meta.label_set, cache.meta.class_names
     )
-    backend = cfg.backend or info.backend
+    # "auto" picks per device; any backend but the reference must pass its start-up probe
+    backend = resolve_backend(cfg.backend or info.backend, device)
+    echo(backend_line(backend, cfg.backend, device, "fp32"))
     scene_ids = select_scenes(cache, cfg)
     methods: dict[str, Method] = {m: make_method(m, net, cfg) for m in cfg.methods}
     evaluators = {m: Evaluator(mapping) for m in cfg.methods}

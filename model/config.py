@@ -125,7 +125,7 @@ class RuntimeConfig:
     """How the run executes; may differ between a run and its resumption."""
 
     device: str = "auto"  # auto: cuda when available, else cpu
-    backend: str = "auto"  # sparse backend; auto: spconv on CUDA when installed, else torch
+    backend: str = "auto"  # sparse backend; auto: model/sparse/select.py PREFERENCE, probed
     amp: bool = True  # bf16 autocast, on CUDA only
     num_workers: int = 4
     # torch CPU threads in the training process; None = torch's default (DDP on CPU: cores /

@@ -41,6 +41,7 @@ from tttkd.model.losses import distillation_loss_from_targets, sample_teacher, s
 from tttkd.model.mae import patch_mask, reconstruction_loss
 from tttkd.model.runlog import RunLog
 from tttkd.model.sparse.base import SparseContext
+from tttkd.model.sparse.select import backend_line
 from tttkd.model.train_setup import (
     CONFIG_FILE,
     STATE_FILE,
@@ -101,6 +102,10 @@ def train(
     meta = cache.meta
     cfg = resolve_config(cfg, meta)
     backend = resolve_backend(cfg.runtime.backend, device)
+    if info.is_main:
+        amp_on = cfg.runtime.amp and device.type == "cuda"  # the same rule as the loop's
+        precision = "bf16 autocast" if amp_on else "fp32"
+        echo(backend_line(backend, cfg.runtime.backend, device, precision))
     if info.is_main:
         prepare_out(out, cfg, resume)
         out.mkdir(parents=True, exist_ok=True)

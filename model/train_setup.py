@@ -20,7 +20,8 @@ from tttkd.model.distributed import DistInfo
 from tttkd.model.mae import MAEConfig
 from tttkd.model.minkunet import build_backbone
 from tttkd.model.network import KDHeadConfig, SegKDNet
-from tttkd.model.sparse.base import available_backends, get_backend
+from tttkd.model.sparse.base import BackendUnavailableError
+from tttkd.model.sparse.select import resolve_backend as select_backend
 
 __all__ = [
     "CONFIG_FILE",
@@ -70,13 +71,12 @@ def resolve_device(name: str, info: DistInfo) -> torch.device:
 
 
 def resolve_backend(name: str, device: torch.device) -> str:
-    """``auto``: spconv on CUDA when installed, else the pure-torch reference."""
-    if name == "auto":
-        if device.type != "cuda":
-            return "torch"  # spconv on CPU is wrong with > 1 thread (DESIGN.md)
-        return "spconv" if "spconv" in available_backends() else "torch"
-    get_backend(name)  # a missing library fails here, naming the install command
-    return name
+    """``auto``: the preferred backend for the device that passes its start-up check
+    (``model/sparse/select.py``); a named one must import and pass the check."""
+    try:
+        return select_backend(name, device)
+    except (BackendUnavailableError, ValueError) as err:  # not installed, unknown, refused
+        raise ConfigError(f"runtime.backend: {err}") from err
 
 
 def seed_all(seed: int) -> None:
