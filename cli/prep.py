@@ -112,8 +112,15 @@ def _common(f: Callable) -> Callable:
             "--workers",
             type=click.IntRange(min=1),
             default=None,
-            help="local Dask cluster of N worker processes x 1 thread (default: serial, "
-            "one process with one torch thread)",
+            help="local Dask cluster of N CPU worker processes x 1 thread, plus the teacher "
+            "workers of --gpus (default: serial, one process with one torch thread)",
+        ),
+        click.option(
+            "--gpus",
+            type=click.IntRange(min=0),
+            default=None,
+            help="with --workers: one teacher worker per GPU, pinned to it (0: one teacher "
+            "worker on the CPU; default: 0)",
         ),
         click.option(
             "--scheduler", default=None, help="an existing Dask scheduler, tcp://host:8786"
@@ -128,11 +135,6 @@ def _common(f: Callable) -> Callable:
             "--dashboard/--no-dashboard",
             default=False,
             help="serve the Dask dashboard on 127.0.0.1 (needs bokeh)",
-        ),
-        click.option(
-            "--task-resources",
-            default=None,
-            help="Dask resources per scene task, e.g. GPU=1 (bounds teachers per GPU)",
         ),
         click.option(
             "--teacher",
@@ -156,9 +158,21 @@ def _common(f: Callable) -> Callable:
         click.option(
             "--batch-size",
             type=click.IntRange(min=1),
-            default=8,
+            default=None,
+            help="images per teacher forward pass (default: from free GPU memory on CUDA, "
+            "8 on CPU)",
+        ),
+        click.option(
+            "--images-per-task",
+            type=click.IntRange(min=1),
+            default=64,
             show_default=True,
-            help="images per teacher call",
+            help="images (of several scenes) per teacher task on a Dask cluster",
+        ),
+        click.option(
+            "--compile-teacher/--no-compile-teacher",
+            default=False,
+            help="torch.compile the teacher (compile time per worker; speed-up unmeasured)",
         ),
         click.option(
             "--voxel-size", type=float, default=0.04, show_default=True, help="network voxel, m"
@@ -270,7 +284,9 @@ def _prep(dataset: str, reader_options: dict, **kw: Any) -> None:
     if workers is not None and scheduler is not None:
         raise click.UsageError("give --workers or --scheduler, not both")
     memory_limit, dashboard = kw.pop("memory_limit"), kw.pop("dashboard")
-    resources = kw.pop("task_resources")
+    gpus = kw.pop("gpus")
+    if gpus is not None and workers is None:
+        raise click.UsageError("--gpus needs --workers (an external cluster brings its own)")
     progress, is_dry = kw.pop("progress"), kw.pop("dry_run")
     storage = _parse_pairs(kw.pop("storage_option"), "--storage-option") or None
     try:
@@ -287,17 +303,18 @@ def _prep(dataset: str, reader_options: dict, **kw: Any) -> None:
         if workers is None and scheduler is None:
             executor = SerialExecutor()
         else:
-            res = (
-                {k: float(v) for k, v in _parse_pairs((resources,), "--task-resources").items()}
-                if resources
-                else None
-            )
+            if gpus and not config.device.startswith("cuda"):
+                raise click.UsageError("--gpus needs --device cuda")
+            if gpus is None and workers is not None and config.device.startswith("cuda"):
+                import torch
+
+                gpus = torch.cuda.device_count()  # one teacher worker per visible GPU
             executor = DaskExecutor(
                 workers,
+                gpus=gpus or 0,
                 scheduler=scheduler,
                 memory_limit=None if memory_limit in ("none", "0") else memory_limit,
                 dashboard=dashboard,
-                resources=res,
                 echo=click.echo,
             )
         report = run_prep(config, executor, progress=progress, echo=click.echo)

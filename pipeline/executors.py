@@ -1,16 +1,17 @@
-"""Executors: run the plan's jobs serially or on Dask, yielding results as they finish.
+"""Executors: run the plan's jobs serially or on Dask, yielding results as scenes finish.
 
-Both call the same task function with the same jobs, and both run it with one torch thread
-per process, so their caches are identical bit for bit (tested). The Dask executor either
-starts a ``LocalCluster`` on 127.0.0.1 (process workers, one thread each, a memory limit per
-worker, no dashboard unless asked, and then on localhost only) or joins an existing cluster
-given by its scheduler address (any number of machines; the cache URL must be reachable from
-every worker).
+``prep(jobs, size)`` runs the three stages of ``pipeline.prep_scene``: CPU (read, voxelize,
+select, load images, correspond), teacher (images of several scenes per task) and write.
+The serial executor runs them in this process; the Dask one runs CPU and write tasks on CPU
+workers and teacher tasks on the one teacher worker per device (``pipeline.cluster``), with
+the data moving worker to worker, never through the driver. Both run torch with one thread
+per process and cut teacher tasks with the same ``Batcher``, and an image's features do not
+depend on its batch-mates, so their caches are identical bit for bit (tested). ``run(fn,
+jobs)`` maps any one-scene function (the old single-task path, kept for other stages).
 """
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
@@ -28,6 +29,8 @@ class Executor(Protocol):
     def run(
         self, fn: Callable[[SceneJob], SceneResult], jobs: Sequence[SceneJob]
     ) -> Iterator[SceneResult]: ...
+
+    def prep(self, jobs: Sequence[SceneJob], size: int) -> Iterator[SceneResult]: ...
 
 
 def set_torch_threads(n: int = 1) -> int:
@@ -63,6 +66,12 @@ class SerialExecutor:
         for job in jobs:
             yield fn(job)
 
+    def prep(self, jobs: Sequence[SceneJob], size: int) -> Iterator[SceneResult]:
+        """The three stages in this process; teacher tasks of ``size`` images across scenes."""
+        from tttkd.pipeline.prep_batching import run_serial
+
+        yield from run_serial(jobs, size)
+
 
 def _worker_setup_plugin() -> Any:
     from distributed.diagnostics.plugin import WorkerPlugin
@@ -79,7 +88,8 @@ def _worker_setup_plugin() -> Any:
 
 
 class DaskExecutor:
-    """A LocalCluster of ``n_workers`` processes, or the cluster at ``scheduler``."""
+    """A local cluster of ``n_workers`` CPU processes plus ``gpus`` teacher processes (one on
+    the CPU when ``gpus`` is 0), or the cluster at ``scheduler`` (``pipeline.cluster``)."""
 
     name = "dask"
 
@@ -87,93 +97,76 @@ class DaskExecutor:
         self,
         n_workers: int | None = None,
         *,
+        gpus: int = 0,
         scheduler: str | None = None,
         memory_limit: str | float | None = "auto",
         dashboard: bool = False,
-        resources: dict[str, float] | None = None,
         echo: Callable[[str], None] = print,
     ) -> None:
-        if (n_workers is None) == (scheduler is None):
-            raise ValueError("give either n_workers (a local cluster) or scheduler (an address)")
-        if n_workers is not None and n_workers < 1:
-            raise ValueError(f"n_workers must be >= 1, got {n_workers}")
-        self.n_workers = n_workers
-        self.scheduler = scheduler
-        self.memory_limit = memory_limit
-        self.dashboard = dashboard
-        self.resources = resources  # per task, e.g. {"GPU": 1} on workers started with it
-        self.echo = echo
-        self.cluster: Any = None
+        from tttkd.pipeline.cluster import Cluster
+
+        self._cluster = Cluster(
+            n_workers,
+            gpus,
+            scheduler=scheduler,
+            memory_limit=memory_limit,
+            dashboard=dashboard,
+            echo=echo,
+        )
+        self.n_workers, self.gpus, self.scheduler = n_workers, gpus, scheduler
         self.client: Any = None
         self._depth = 0  # re-entrant: an outer `with` keeps one cluster across several runs
 
     def __enter__(self) -> DaskExecutor:
-        from distributed import Client, LocalCluster
-
         self._depth += 1
-        if self._depth > 1:
-            return self
-        if self.scheduler is not None:
-            self.client = Client(self.scheduler, set_as_default=False)
-            n = len(self.client.scheduler_info().get("workers", {}))
-            self.echo(f"dask: connected to {self.scheduler} ({n} workers)")
-        else:
-            if self.dashboard and importlib.util.find_spec("bokeh") is None:
-                self.echo("dask dashboard unavailable: it needs bokeh (pip install bokeh)")
-                self.dashboard = False
-            self.cluster = LocalCluster(
-                n_workers=self.n_workers,
-                threads_per_worker=1,
-                processes=True,
-                memory_limit=self.memory_limit,
-                host="127.0.0.1",
-                dashboard_address="127.0.0.1:0" if self.dashboard else None,
-                silence_logs=40,
-            )
-            self.client = Client(self.cluster, set_as_default=False)
-            mem = self.memory_limit if self.memory_limit is not None else "none"
-            self.echo(
-                f"dask: local cluster {self.cluster.scheduler_address}, {self.n_workers} "
-                f"worker processes x 1 thread, memory limit {mem} per worker"
-            )
-            if self.dashboard:
-                self.echo(f"dask dashboard: {self.cluster.dashboard_link}")
-        self.client.register_plugin(_worker_setup_plugin())
+        if self._depth == 1:
+            self._cluster.__enter__()
+            self.client = self._cluster.client
+            self.client.register_plugin(_worker_setup_plugin())
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._depth -= 1
-        if self._depth > 0:
-            return
-        if self.client is not None:
-            self.client.close()
-        if self.cluster is not None:
-            self.cluster.close()
-        self.client = self.cluster = None
+        if self._depth == 0:
+            self._cluster.__exit__(*exc)
+            self.client = None
 
     def run(
         self, fn: Callable[[SceneJob], SceneResult], jobs: Sequence[SceneJob]
     ) -> Iterator[SceneResult]:
+        """One task per scene (``fn`` does everything), on the CPU workers."""
         from distributed import as_completed
 
         if not jobs:
             return
-        keys = [f"tttkd-prep-{j.run_id}-{i}" for i, j in enumerate(jobs)]
-        futures = self.client.map(fn, list(jobs), key=keys, pure=False, resources=self.resources)
+        keys = [f"tttkd-scene-{j.run_id}-{i}" for i, j in enumerate(jobs)]
+        futures = self.client.map(
+            fn, list(jobs), key=keys, pure=False, resources=self._cluster.resources.cpu
+        )
         job_of = {f.key: j for f, j in zip(futures, jobs)}
         with self.client.as_current():  # as_completed looks for the current client
             pending = as_completed(futures)
         try:
             for fut in pending:
-                job = job_of[fut.key]
                 try:
                     yield fut.result()
-                except Exception as e:  # the worker died (memory, segfault): KilledWorker
-                    yield SceneResult(
-                        job.scene_id, "failed", f"worker lost: {type(e).__name__}: {e}"
-                    )
+                except Exception as e:
+                    yield _lost(job_of[fut.key], e)
                 finally:
                     fut.release()
         finally:
             for f in futures:
                 f.cancel()
+
+    def prep(self, jobs: Sequence[SceneJob], size: int) -> Iterator[SceneResult]:
+        """The three stages as Dask futures; see ``pipeline.prep_dask``."""
+        from tttkd.pipeline.prep_dask import run_dask
+
+        yield from run_dask(self.client, self._cluster.resources, jobs, size)
+
+
+def _lost(job: SceneJob, e: BaseException) -> SceneResult:
+    """A task that raised on its worker (a lost worker: KilledWorker, or a teacher failure)."""
+    from tttkd.pipeline.prep_scene import _reason
+
+    return SceneResult(job.scene_id, "failed", f"worker lost or task failed: {_reason(e)}")

@@ -45,7 +45,9 @@ class PrepConfig:
     teacher_weights: str | None = None
     image_size: int | None = None  # None: the teacher's default
     device: str = "cpu"
-    batch_size: int = 8
+    batch_size: int | None = 8  # images per teacher forward; None: from free GPU memory
+    compile_teacher: bool = False  # torch.compile the teacher (opt-in, unmeasured)
+    images_per_task: int = 64  # images of (possibly several) scenes per teacher task
     feature_codec: str = "fp16"
     depth_abs_tol: float = CorrespondConfig.depth_abs_tol
     depth_rel_tol: float = CorrespondConfig.depth_rel_tol
@@ -64,8 +66,10 @@ class PrepConfig:
             raise ValueError(f"max_images must be >= 0 (0 = all), got {self.max_images}")
         if self.label_mode not in ("representative", "majority"):
             raise ValueError(f"label_mode must be representative|majority, not {self.label_mode}")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.images_per_task < 1:
+            raise ValueError(f"images_per_task must be >= 1, got {self.images_per_task}")
 
     @property
     def point_grid(self) -> float:

@@ -1,9 +1,12 @@
-"""The per-scene task: read -> voxelize -> select frames -> correspond -> teacher -> write.
+"""The prep stages of one scene: CPU (read -> voxelize -> select frames -> load images ->
+correspond: ``prepare_scene``), teacher (``encode_pieces``, images of several scenes in large
+batches) and write (``write_prepared``); ``prep_scene`` chains all three in one process.
 
-One call per scene, in whatever process the executor picks. The teacher is built once per
-process (``_TEACHERS``, keyed by its arguments), never per scene. The task writes only its
-own scene group (the cache marks it complete last); every failure comes back as a
-``SceneResult`` with a reason instead of an exception, so one bad scene never stops the run.
+Executors decide where each stage runs (``pipeline.executors``). The teacher is built once per
+process (``_TEACHERS``, keyed by its arguments), never per scene, and only where the teacher
+stage runs. The write stage writes only its own scene group (the cache marks it complete
+last); every failure comes back as a ``SceneResult`` with a reason instead of an exception,
+so one bad scene never stops the run.
 
 Frames: each selected frame's colour and depth are read, its correspondences computed, and
 only frames that see at least one point are encoded by the teacher (a frame that sees
@@ -16,6 +19,7 @@ size) stays exact.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import time
@@ -31,6 +35,7 @@ from tttkd.pipeline.datasets import registry
 from tttkd.pipeline.errors import TttkdError
 from tttkd.pipeline.frames import select_frames
 from tttkd.pipeline.plan import SceneJob
+from tttkd.pipeline.teacher import TeacherSpec, grid_size
 from tttkd.pipeline.voxelize import voxelize
 
 _TEACHERS: dict[tuple, Any] = {}
@@ -56,12 +61,13 @@ class SceneResult:
     detail: str = ""  # traceback of an unexpected error (a bug, not bad data)
     timing: dict = field(default_factory=dict)
     pid: int = field(default_factory=os.getpid)
-    teacher_builds: int = 0  # teachers this process has built so far
+    teacher_builds: int = 0  # teachers built so far by the process that encoded the scene
+    teacher_pid: int = 0  # that process (0: no images)
 
 
 def teacher_key(job: SceneJob) -> tuple:
     c = job.config
-    return (c.teacher, c.teacher_weights, c.image_size, c.device, c.batch_size)
+    return (c.teacher, c.teacher_weights, c.image_size, c.device, c.batch_size, c.compile_teacher)
 
 
 def get_teacher(job: SceneJob) -> Any:
@@ -72,7 +78,12 @@ def get_teacher(job: SceneJob) -> Any:
 
         c = job.config
         _TEACHERS[key] = load_teacher(
-            c.teacher, c.teacher_weights, c.image_size, c.device, batch_size=c.batch_size
+            c.teacher,
+            c.teacher_weights,
+            c.image_size,
+            c.device,
+            batch_size=c.batch_size,
+            compile=c.compile_teacher,
         )
         _BUILDS["teacher"] += 1
     return _TEACHERS[key]
@@ -85,11 +96,16 @@ def _cache(job: SceneJob) -> Any:
     return Cache.open(job.config.out, storage_options=job.config.storage_options)
 
 
+def _teacher_spec(job: SceneJob) -> TeacherSpec:
+    """The driver's teacher spec (the CPU stage needs only its grid, never the model)."""
+    if job.teacher_spec is not None:
+        return TeacherSpec.from_dict(job.teacher_spec)
+    return get_teacher(job).spec
+
+
 def _check_teacher(job: SceneJob, teacher: Any) -> None:
     if job.teacher_spec is None:
         return
-    from tttkd.pipeline.teacher import TeacherSpec
-
     if not TeacherSpec.from_dict(job.teacher_spec).compatible_with(teacher.spec):
         raise SceneFailure(
             f"the teacher built on {socket.gethostname()} differs from the driver's "
@@ -105,7 +121,9 @@ def _resize(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
 
 
 def _images_part(job: SceneJob, scene: Any, xyz: np.ndarray, timing: dict) -> dict:
-    """Select, load, correspond and encode; returns the SceneRecord image/corr fields."""
+    """Select, load and correspond (CPU only); returns the SceneRecord image/corr fields with
+    ``features=None`` and the kept images, resized to the first kept one's size, as
+    ``images`` (I, H, W, 3) uint8 for the teacher stage."""
     cfg = job.config
     if not scene.frames:
         raise SceneFailure(
@@ -119,50 +137,38 @@ def _images_part(job: SceneJob, scene: Any, xyz: np.ndarray, timing: dict) -> di
             f"no valid frame: all {sel.available} frames were dropped "
             f"({'; '.join(f'{n}: {r}' for n, r in dropped[:3])})"
         )
-    teacher = get_teacher(job)
-    _check_teacher(job, teacher)
+    spec = _teacher_spec(job)
     ccfg = cfg.correspond_config()
-    kept, points, uvs = [], [], []
-    features = None
+    kept, points, uvs, images = [], [], [], []
     ref_hw = grid_hw = None
-    t_load = t_corr = t_teach = 0.0
-    for start in range(0, len(sel.frames), teacher.batch_size):
-        batch = []
-        for f in sel.frames[start : start + teacher.batch_size]:
-            t0 = time.perf_counter()
-            try:
-                color = f.load_color()
-                depth = f.load_depth()
-            except TttkdError as e:
-                dropped.append((f.name, f"unreadable: {getattr(e, 'problem', e)}"))
-                continue
-            t_load += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            depth_K = None if depth is None else f.depth_intrinsics(depth.shape[1], depth.shape[0])
-            view = View(f.K, f.c2w, f.width, f.height, depth=depth, depth_K=depth_K)
-            idx, uv = frame_correspondences(xyz, view, ccfg)
-            t_corr += time.perf_counter() - t0
-            if len(idx) == 0:
-                dropped.append((f.name, _BLIND))
-                continue
-            if ref_hw is None:
-                ref_hw = color.shape[:2]
-                grid_hw = teacher.grid_size(*ref_hw)
-                shape = (len(sel.frames), *grid_hw, teacher.spec.dim)
-                features = np.empty(shape, dtype=np.float16)
-            if color.shape[:2] != ref_hw:
-                color = _resize(color, ref_hw)
-            batch.append(color)
-            kept.append(f)
-            points.append(idx)
-            uvs.append(pixel_to_grid(uv, (f.width, f.height), (grid_hw[1], grid_hw[0])))
-        if batch:
-            t0 = time.perf_counter()
-            out = teacher.encode(batch).numpy()
-            n0 = len(kept) - len(batch)
-            features[n0 : len(kept)] = out.astype(np.float16)
-            t_teach += time.perf_counter() - t0
-    timing.update(load_images=t_load, correspond=t_corr, teacher=t_teach)
+    t_load = t_corr = 0.0
+    for f in sel.frames:
+        t0 = time.perf_counter()
+        try:
+            color = f.load_color()
+            depth = f.load_depth()
+        except TttkdError as e:
+            dropped.append((f.name, f"unreadable: {getattr(e, 'problem', e)}"))
+            continue
+        t_load += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        depth_K = None if depth is None else f.depth_intrinsics(depth.shape[1], depth.shape[0])
+        view = View(f.K, f.c2w, f.width, f.height, depth=depth, depth_K=depth_K)
+        idx, uv = frame_correspondences(xyz, view, ccfg)
+        t_corr += time.perf_counter() - t0
+        if len(idx) == 0:
+            dropped.append((f.name, _BLIND))
+            continue
+        if ref_hw is None:
+            ref_hw = color.shape[:2]
+            grid_hw = grid_size(spec, *ref_hw)
+        if color.shape[:2] != ref_hw:
+            color = _resize(color, ref_hw)
+        images.append(color)
+        kept.append(f)
+        points.append(idx)
+        uvs.append(pixel_to_grid(uv, (f.width, f.height), (grid_hw[1], grid_hw[0])))
+    timing.update(load_images=t_load, correspond=t_corr)
     blind = [n for n, r in dropped if r == _BLIND]
     if not kept and len(blind) == len(sel.frames):
         raise SceneFailure(
@@ -180,7 +186,8 @@ def _images_part(job: SceneJob, scene: Any, xyz: np.ndarray, timing: dict) -> di
     frames_info = sel.to_dict()
     frames_info.update(selected=[f.name for f in kept], dropped=[list(d) for d in dropped])
     return dict(
-        features=features[: len(kept)],
+        features=None,
+        images=np.stack(images),
         K=np.stack([np.asarray(f.K) for f in kept]).astype(np.float32),
         c2w=np.stack([np.asarray(f.c2w) for f in kept]).astype(np.float32),
         image_size=np.array([[f.width, f.height] for f in kept], dtype=np.int32),
@@ -197,6 +204,7 @@ def _images_part(job: SceneJob, scene: Any, xyz: np.ndarray, timing: dict) -> di
 
 def _no_images_part() -> dict:
     return dict(
+        images=None,
         features=np.zeros((0, 0, 0, 0), dtype=np.float16),
         K=np.zeros((0, 3, 3), np.float32),
         c2w=np.zeros((0, 4, 4), np.float32),
@@ -212,8 +220,9 @@ def _no_images_part() -> dict:
     )
 
 
-def build_record(job: SceneJob) -> tuple[SceneRecord, dict]:
-    """The scene's cache record (nothing written); raises SceneFailure / DatasetError."""
+def build_record(job: SceneJob) -> tuple[SceneRecord, dict, np.ndarray | None]:
+    """The scene's cache record without teacher features (``features`` is None when there are
+    images), its timings, and the images for the teacher; raises SceneFailure / DatasetError."""
     cfg = job.config
     timing: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -227,6 +236,7 @@ def build_record(job: SceneJob) -> tuple[SceneRecord, dict]:
     xyz = scene.xyz[vox.keep]
     timing["voxelize"] = time.perf_counter() - t0
     part = _no_images_part() if cfg.no_images else _images_part(job, scene, xyz, timing)
+    images = part.pop("images")
     attrs = {
         "dataset": cfg.dataset,
         "source_files": [str(s) for s in scene.source_files],
@@ -252,7 +262,7 @@ def build_record(job: SceneJob) -> tuple[SceneRecord, dict]:
         attrs=attrs,
         **part,
     )
-    return rec, timing
+    return rec, timing, images
 
 
 def _reason(e: BaseException) -> str:
@@ -262,14 +272,115 @@ def _reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {text}"
 
 
-def prep_scene(job: SceneJob) -> SceneResult:
-    """Run one job end to end and write its scene; never raises for a bad scene."""
+@dataclass
+class PreparedScene:
+    """The CPU stage's output: the record without features, and the images to encode.
+
+    ``result`` is set instead when the scene failed or is complete already."""
+
+    job: SceneJob
+    record: SceneRecord | None = None
+    images: np.ndarray | None = None  # (I, H, W, 3) uint8, one size per scene
+    timing: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    result: SceneResult | None = None
+
+    @property
+    def num_images(self) -> int:
+        return 0 if self.images is None else len(self.images)
+
+    def summary(self) -> tuple[SceneResult | None, int, tuple[int, ...]]:
+        """What the driver needs to batch this scene's images (small; no arrays)."""
+        shape = () if self.images is None else tuple(self.images.shape[1:])
+        return self.result, self.num_images, shape
+
+
+@dataclass(frozen=True)
+class EncodedPiece:
+    """Teacher features (fp16) for a run of one scene's images, and who encoded them."""
+
+    features: np.ndarray  # (n, h, w, D) float16
+    seconds: float
+    pid: int
+    builds: int
+
+
+def _failed(job: SceneJob, e: BaseException, t_start: float) -> SceneResult:
+    detail = "" if isinstance(e, (SceneFailure, TttkdError)) else traceback.format_exc(limit=8)
+    return SceneResult(job.scene_id, "failed", _reason(e), seconds=_since(t_start), detail=detail)
+
+
+def prepare_scene(job: SceneJob) -> PreparedScene:
+    """CPU stage: read, voxelize, select frames, load images, correspond; never raises."""
     t_start = time.perf_counter()
     try:
+        if _cache(job).is_complete(job.scene_id):  # e.g. Dask re-ran a task after a restart
+            return PreparedScene(
+                job, result=SceneResult(job.scene_id, "skipped", "complete already")
+            )
+        rec, timing, images = build_record(job)
+    except Exception as e:  # a bad scene (reason) or a bug (reason + traceback)
+        return PreparedScene(job, result=_failed(job, e, t_start))
+    return PreparedScene(job, rec, images, timing, seconds=_since(t_start))
+
+
+def images_of(prep: PreparedScene) -> np.ndarray | None:
+    """Only the images (a separate Dask task, so the teacher fetches no points)."""
+    return prep.images
+
+
+def encode_pieces(job: SceneJob, pieces: list[np.ndarray]) -> list[EncodedPiece]:
+    """Teacher stage: encode runs of images from one or several scenes in large batches.
+
+    Pieces of one image size are encoded together (fp16 out, as the cache stores them); an
+    image's features do not depend on its batch-mates (tests), so the cache is the same
+    however pieces were grouped. Raises SceneFailure when this process's teacher differs
+    from the driver's.
+    """
+    teacher = get_teacher(job)
+    _check_teacher(job, teacher)
+    import torch
+
+    out: list[EncodedPiece | None] = [None] * len(pieces)
+    by_shape: dict[tuple, list[int]] = {}
+    for i, p in enumerate(pieces):
+        by_shape.setdefault(tuple(p.shape[1:]), []).append(i)
+    for idx in by_shape.values():
+        t0 = time.perf_counter()
+        images = [im for i in idx for im in pieces[i]]
+        feats = teacher.encode(images, out_dtype=torch.float16).numpy()
+        dt = time.perf_counter() - t0
+        n0 = 0
+        for i in idx:
+            n = len(pieces[i])
+            share = dt * n / len(images)
+            out[i] = EncodedPiece(feats[n0 : n0 + n], share, os.getpid(), _BUILDS["teacher"])
+            n0 += n
+    return out  # type: ignore[return-value]
+
+
+def piece_of(encoded: list[EncodedPiece], k: int) -> EncodedPiece:
+    """One piece of a teacher task's output (runs where that output lies)."""
+    return encoded[k]
+
+
+def write_prepared(prep: PreparedScene, pieces: list[EncodedPiece]) -> SceneResult:
+    """Last stage: join the features to the record and write the scene (marked complete last)."""
+    if prep.result is not None:
+        return prep.result
+    job, rec, timing = prep.job, prep.record, dict(prep.timing)
+    t_start = time.perf_counter() - prep.seconds
+    try:
         cache = _cache(job)
-        if cache.is_complete(job.scene_id):  # e.g. Dask re-ran a task whose worker died late
+        if cache.is_complete(job.scene_id):  # a write re-run after its worker died late
             return SceneResult(job.scene_id, "skipped", "complete already")
-        rec, timing = build_record(job)
+        if prep.images is not None:
+            got = sum(len(p.features) for p in pieces)
+            if got != prep.num_images:
+                raise SceneFailure(f"the teacher returned {got} of {prep.num_images} images")
+            feats = np.concatenate([p.features for p in pieces])
+            rec = dataclasses.replace(rec, features=feats)
+            timing["teacher"] = sum(p.seconds for p in pieces)
         rec.attrs["run"] = {
             "run_id": job.run_id,
             "written_at": time.time(),
@@ -280,16 +391,8 @@ def prep_scene(job: SceneJob) -> SceneResult:
         t0 = time.perf_counter()
         cache.write_scene(rec)
         timing["write"] = time.perf_counter() - t0
-    except (SceneFailure, TttkdError) as e:
-        return SceneResult(job.scene_id, "failed", _reason(e), seconds=_since(t_start))
-    except Exception as e:  # a bug or an unexpected library error: keep the traceback
-        return SceneResult(
-            job.scene_id,
-            "failed",
-            _reason(e),
-            seconds=_since(t_start),
-            detail=traceback.format_exc(limit=8),
-        )
+    except Exception as e:
+        return _failed(job, e, t_start)
     return SceneResult(
         job.scene_id,
         "done",
@@ -298,8 +401,21 @@ def prep_scene(job: SceneJob) -> SceneResult:
         pairs=rec.num_corr,
         seconds=_since(t_start),
         timing={k: round(v, 4) for k, v in timing.items()},
-        teacher_builds=_BUILDS["teacher"],
+        teacher_builds=pieces[0].builds if pieces else 0,
+        teacher_pid=pieces[0].pid if pieces else 0,
     )
+
+
+def prep_scene(job: SceneJob) -> SceneResult:
+    """One scene end to end in this process (all three stages; never raises for a bad scene)."""
+    prep = prepare_scene(job)
+    if prep.result is not None or prep.images is None:
+        return write_prepared(prep, [])
+    try:
+        pieces = encode_pieces(job, [prep.images])
+    except Exception as e:
+        return _failed(job, e, time.perf_counter() - prep.seconds)
+    return write_prepared(prep, pieces)
 
 
 def _since(t0: float) -> float:

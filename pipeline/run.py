@@ -20,12 +20,12 @@ from tttkd.pipeline.datasets import registry
 from tttkd.pipeline.errors import DatasetError, TttkdError
 from tttkd.pipeline.executors import Executor, SerialExecutor
 from tttkd.pipeline.frames import select_frames
+from tttkd.pipeline.overwrite import finish, removed_on_failed_start, staged
 from tttkd.pipeline.plan import Plan, PrepConfig, SceneJob, estimate_scene_bytes, make_plan
 from tttkd.pipeline.prep_scene import (
     _TEACHERS,
     SceneResult,
     get_teacher,
-    prep_scene,
     sample_features,
 )
 from tttkd.pipeline.voxelize import voxelize
@@ -254,8 +254,13 @@ def run_prep(
     check_images(config)
     teacher = teacher_record(config)
     meta = build_meta(config, teacher)
-    cache = open_cache(config, meta)
-    plan = list_and_plan(config, set(cache.scene_ids()), teacher, run_id)
+    written = staged(config)  # an overwrite writes beside the old cache, swapped in at the end
+    # plan before any write: a bad root or scene id must not cost a finished cache
+    plan = list_and_plan(written, set(), teacher, run_id) if config.overwrite else None
+    with removed_on_failed_start(written.out):
+        cache = open_cache(written, meta)
+        if plan is None:
+            plan = list_and_plan(written, set(cache.scene_ids()), teacher, run_id)
     echo(
         f"{config.dataset}: {len(plan.jobs) + len(plan.skipped)} scenes; "
         f"{len(plan.skipped)} complete already (skipped), {len(plan.jobs)} to prepare"
@@ -269,7 +274,7 @@ def run_prep(
     bar = _progress(len(plan.jobs), len(plan.skipped), progress, echo)
     try:
         with executor:
-            for res in executor.run(prep_scene, plan.jobs):
+            for res in executor.prep(plan.jobs, task_images(config, executor)):
                 _account(report, res)
                 if res.status == "failed":
                     _save_failures(report, config, run_id)
@@ -286,6 +291,7 @@ def run_prep(
         bar.close()
         report.seconds = round(time.perf_counter() - t_start, 3)
         _save_failures(report, config, run_id)
+    finish(config, written, len(report.done), len(report.failed), echo)
     echo(
         f"done {len(report.done)}, failed {len(report.failed)}, skipped {len(report.skipped)} "
         f"in {report.seconds:.1f} s ({report.images} images)"
@@ -295,6 +301,14 @@ def run_prep(
         for f in report.failed:
             echo(f"  {f['scene_id']}: {f['reason'].splitlines()[0]}")
     return report
+
+
+def task_images(config: PrepConfig, executor: Executor) -> int:
+    """Images per teacher task: the batch size in one process (scenes are written soon), more
+    on a cluster (the teacher worker's own batch size splits them again)."""
+    if isinstance(executor, SerialExecutor):
+        return config.batch_size or 8
+    return config.images_per_task
 
 
 def _account(report: RunReport, res: SceneResult) -> None:

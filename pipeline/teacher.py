@@ -144,37 +144,54 @@ class Teacher:
         module: nn.Module,
         *,
         device: torch.device,
-        batch_size: int,
+        batch_size: int | None,
         bf16_on_cuda: bool = True,
+        compile: bool = False,
     ) -> None:
-        if batch_size < 1:
+        if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.spec = spec
         self.module = module.to(device).eval().requires_grad_(False)
+        if compile:  # opt-in: compile time is paid once per process; speed-up unmeasured
+            self.module = torch.compile(self.module, dynamic=False)
         self.device = device
-        self.batch_size = batch_size
+        self.batch_size = batch_size  # None: auto_batch_size per input size (CUDA), else 8
+        self._auto: dict[tuple[int, int], int] = {}
         self._autocast = bf16_on_cuda and device.type == "cuda"
         self._mean = torch.tensor(spec.mean, device=device).view(1, 3, 1, 1)
         self._std = torch.tensor(spec.std, device=device).view(1, 3, 1, 1)
 
     def input_size(self, height: int, width: int) -> tuple[int, int]:
         """(H', W') the encoder sees: short side `image_size`, both sides multiples of patch."""
-        p, target = self.spec.patch_size, self.spec.image_size
-        scale = 1.0 if target <= 0 else target / min(height, width)
-
-        def side(n: int) -> int:
-            exact = target if (target > 0 and n == min(height, width)) else n * scale
-            return max(p, math.floor(exact / p + 0.5) * p)
-
-        return side(height), side(width)
+        return input_size(self.spec, height, width)
 
     def grid_size(self, height: int, width: int) -> tuple[int, int]:
         """(h, w) of the feature grid for an image of (height, width) pixels."""
-        rows, cols = self.input_size(height, width)
-        return rows // self.spec.patch_size, cols // self.spec.patch_size
+        return grid_size(self.spec, height, width)
 
-    def encode(self, images: list[np.ndarray]) -> torch.Tensor:
-        """uint8 (H, W, 3) images of one size -> float32 CPU features (B, h, w, D)."""
+    def batch_for(self, height: int, width: int) -> int:
+        """Images per forward pass for images of (height, width): given, or from free memory."""
+        if self.batch_size is not None:
+            return self.batch_size
+        if (height, width) not in self._auto:
+            self._auto[height, width] = auto_batch_size(self.spec, self.device, (height, width))
+        return self._auto[height, width]
+
+    def encode(
+        self,
+        images: list[np.ndarray],
+        *,
+        out_dtype: torch.dtype = torch.float32,
+        pad_batches: bool | None = None,
+    ) -> torch.Tensor:
+        """uint8 (H, W, 3) images of one size -> CPU features (B, h, w, D) in ``out_dtype``.
+
+        On CUDA the input goes through pinned memory with non-blocking copies and the output
+        is cast to ``out_dtype`` on the device and copied back without a sync per batch (one
+        at the end); fp16 output (the cache's dtype) skips the fp32 round trip. pad_batches
+        (default: on CUDA) runs every batch at full ``batch_size`` (zero images fill the last
+        one) so an image's features do not depend on which images share its batch.
+        """
         if len(images) == 0:
             raise ValueError("encode() needs at least one image")
         first = images[0]
@@ -189,7 +206,12 @@ class Teacher:
         height, width = first.shape[:2]
         size = self.input_size(height, width)
         rows, cols = self.grid_size(height, width)
-        out = torch.empty((len(images), rows, cols, self.spec.dim), dtype=torch.float32)
+        cuda = self.device.type == "cuda"
+        pad = cuda if pad_batches is None else pad_batches
+        bs = self.batch_for(height, width)
+        out = torch.empty(
+            (len(images), rows, cols, self.spec.dim), dtype=out_dtype, pin_memory=cuda
+        )
         autocast = (
             torch.autocast("cuda", dtype=torch.bfloat16)
             if self._autocast
@@ -197,15 +219,61 @@ class Teacher:
         )
         # `out` lives outside inference mode, so callers may use it as a target in autograd.
         with torch.inference_mode(), autocast:
-            for start in range(0, len(images), self.batch_size):
-                chunk = np.stack(images[start : start + self.batch_size])
-                x = torch.from_numpy(chunk).to(self.device).permute(0, 3, 1, 2).float() / 255.0
+            for start in range(0, len(images), bs):
+                part = images[start : start + bs]
+                n = len(part)
+                if pad and n < bs:
+                    part = part + [np.zeros_like(first)] * (bs - n)
+                chunk = torch.from_numpy(np.stack(part))
+                if cuda:
+                    chunk = chunk.pin_memory()
+                x = chunk.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float() / 255.0
                 if size != (height, width):
                     x = F.interpolate(x, size=size, mode="bicubic", antialias=True)
                     x = x.clamp(0.0, 1.0)
-                feats = self.module((x - self._mean) / self._std)
-                out[start : start + len(chunk)] = feats.float().cpu()
+                feats = self.module((x - self._mean) / self._std)[:n]
+                out[start : start + n].copy_(feats.to(out_dtype), non_blocking=cuda)
+        if cuda:
+            torch.cuda.synchronize(self.device)
         return out
+
+
+def input_size(spec: TeacherSpec, height: int, width: int) -> tuple[int, int]:
+    """(H', W') the encoder sees for an image of (height, width); needs only the spec, so the
+    CPU stage of prep computes grids without building the teacher."""
+    p, target = spec.patch_size, spec.image_size
+    scale = 1.0 if target <= 0 else target / min(height, width)
+
+    def side(n: int) -> int:
+        exact = target if (target > 0 and n == min(height, width)) else n * scale
+        return max(p, math.floor(exact / p + 0.5) * p)
+
+    return side(height), side(width)
+
+
+def grid_size(spec: TeacherSpec, height: int, width: int) -> tuple[int, int]:
+    """(h, w) of the feature grid for an image of (height, width) pixels."""
+    rows, cols = input_size(spec, height, width)
+    return rows // spec.patch_size, cols // spec.patch_size
+
+
+def auto_batch_size(
+    spec: TeacherSpec, device: torch.device, image_hw: tuple[int, int], cap: int = 64
+) -> int:
+    """Images per teacher call from the device's free memory (CUDA), 8 elsewhere.
+
+    A deliberately rough bound, unmeasured on a GPU: per image the full-size float input and
+    its resized copy, plus ~24 token x width activations in bf16 (inference keeps one block's
+    activations alive; SDPA keeps attention linear in tokens), using half the free memory.
+    """
+    if device.type != "cuda":
+        return 8
+    free, _ = torch.cuda.mem_get_info(device)
+    rows, cols = input_size(spec, *image_hw)
+    tokens = (rows // spec.patch_size) * (cols // spec.patch_size) + 5
+    per_image = 4 * 3 * (image_hw[0] * image_hw[1] + rows * cols) + 24 * tokens * spec.dim * 2
+    n = int(0.5 * free // per_image)
+    return max(1, min(cap, 2 ** max(0, n.bit_length() - 1)))
 
 
 def _build_timm(entry: _Entry, on_meta: bool) -> tuple[nn.Module, nn.Module]:
@@ -249,15 +317,18 @@ def load_teacher(
     image_size: int | None = None,
     device: str | torch.device = "cpu",
     *,
-    batch_size: int = 8,
+    batch_size: int | None = 8,
     random_init: bool = False,
     centre: bool = True,
+    compile: bool = False,
 ) -> Teacher:
     """Build teacher `name`; real teachers need `weights` (a local file), never the network.
 
     image_size: short side in pixels; None = the teacher's default (448 for ViTs, the image's
     own size for the demo teachers); 0 = the image's own size rounded to the patch size.
     random_init: seeded random weights for a real architecture (tests and benchmarks only).
+    batch_size: None = chosen from free GPU memory per image size (8 on CPU).
+    compile: wrap the encoder in ``torch.compile`` (off by default; unmeasured).
     centre: `randconv-demo` only: subtract each image's mean feature before normalising.
     """
     if name not in TEACHERS:
@@ -316,4 +387,6 @@ def load_teacher(
         dim=entry.dim,
         tokens=_tokens(entry, centre),
     )
-    return Teacher(spec, module, device=device, batch_size=batch_size, bf16_on_cuda=not demo)
+    return Teacher(
+        spec, module, device=device, batch_size=batch_size, bf16_on_cuda=not demo, compile=compile
+    )
