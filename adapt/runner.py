@@ -202,14 +202,17 @@ def _run(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     cache = Cache.open(cache_url, read_only=True)
-    teacher_dim = int(cache.meta.teacher.get("dim", 0)) or None
+    # only methods that distil need the cache's teacher to be the checkpoint's (ttt-mae,
+    # adacontrast, bn, tent and source also run on points-only caches)
+    distils = any(METHODS[m].uses_teacher for m in cfg.methods)
+    teacher_dim = (int(cache.meta.teacher.get("dim", 0)) or None) if distils else None
     net, info = load_checkpoint(
         checkpoint,
         backend=None if cfg.backend == "auto" else cfg.backend,
         device=device,
         expect_teacher_dim=teacher_dim,
     )
-    notes = check_teacher(info, cache)
+    notes = check_teacher(info, cache) if distils else []
     voxel_size, voxel_notes = network_voxel_size(info, cache)
     notes += voxel_notes
     mapping: LabelMapping = label_mapping(

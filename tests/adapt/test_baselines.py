@@ -205,3 +205,24 @@ def test_cli_runs_both_baselines_into_every_output_and_the_sweep(
         ],  # fmt: skip
     )
     assert res.exit_code == 1 and "--ssl mae" in res.output and "Traceback" not in res.output
+
+
+def test_ttt_mae_runs_on_a_points_only_pointcept_cache(mae_checkpoint, tmp_path):
+    """No frames, no teacher in the cache: ttt-mae (and source) need neither."""
+    from tttkd.pipeline.executors import SerialExecutor
+    from tttkd.pipeline.plan import PrepConfig
+    from tttkd.pipeline.run import run_prep
+    from tttkd.pipeline.synthetic.pointcept_writer import write_pointcept_dataset
+
+    write_pointcept_dataset(tmp_path / "pc", 1, split="val", spacing=0.1, seed=2)
+    cfg = PrepConfig(dataset="pointcept", root=str(tmp_path / "pc"), out=str(tmp_path / "pc.zarr"),
+                     no_images=True, label_set="scannet20", voxel_size=0.15)  # fmt: skip
+    assert run_prep(cfg, SerialExecutor(), progress=False, echo=lambda s: None).exit_code == 0
+    out = {}
+    res = run_adaptation(
+        AdaptConfig(methods=("source", "ttt-mae"), steps=2, lr=0.1, threads=1), cfg.out,
+        mae_checkpoint, progress=False, echo=lambda s: None,
+        on_scene=lambda m, s, o: out.__setitem__(m, o),
+    )  # fmt: skip
+    assert out["ttt-mae"].steps == 2 and out["ttt-mae"].updated
+    assert 0 <= res.methods["ttt-mae"]["overall"]["miou"] <= 1
