@@ -53,10 +53,16 @@ class AdaptConfig:
     bn_decay: float = 0.94
     bn_min_momentum: float = 0.005
     bn_augment: bool = True  # random rotation about +Z and mirror per pass
+    # False: statistics reset per scene, the schedule restarts per scene (ours, offline);
+    # True: DUA's online form, statistics kept and the momentum decayed over the whole stream
+    bn_online: bool = False
     # TENT (method "tent"): entropy minimisation on BN affine parameters, Adam
     tent_lr: float = 1e-3
     tent_steps: int = 1
     tent_episodic: bool = False  # False: the original online TENT (weights carried)
+    # "adapt": the logits of the adapting forward (the original TENT: predict, then step);
+    # "after": predict again with the weights after the last step
+    tent_predict: Literal["adapt", "after"] = "adapt"
     # AdaContrast (method "adacontrast", Chen et al. CVPR 2022): online, EMA teacher, k-NN
     # refined pseudo-labels, InfoNCE with a key queue, diversity term. AdaContrast's values
     # where it has one; ours (3D) where marked
@@ -71,7 +77,10 @@ class AdaptConfig:
     seed: int = 0
     device: str = "cpu"
     threads: int | None = None  # torch CPU threads; 1 makes CPU runs bitwise repeatable
-    backend: str | None = None  # sparse backend; None: the checkpoint's
+    backend: str | None = None  # sparse backend; None: the checkpoint's; auto: per device
+    # CUDA-graph capture of TTT-KD steps (adapt/graph_step.py): auto = on CUDA where the step
+    # is capture-safe, eager elsewhere; on = the same, but an error off CUDA; off = eager
+    cuda_graphs: Literal["auto", "on", "off"] = "auto"
     split: str | None = None  # cache split to adapt on; None with no scenes: every scene
     scenes: tuple[str, ...] = ()
     save_predictions: bool = False
@@ -106,6 +115,7 @@ class AdaptConfig:
             (0 <= self.bn_min_momentum <= 1, "bn_min_momentum must lie in [0, 1]"),
             (self.tent_lr >= 0, "tent_lr must be >= 0"),
             (self.tent_steps >= 1, "tent_steps must be >= 1"),
+            (self.tent_predict in ("adapt", "after"), "tent_predict must be adapt or after"),
             (self.ac_lr >= 0, "ac_lr must be >= 0"),
             (self.ac_steps >= 1, "ac_steps must be >= 1"),
             (0 <= self.ac_ema <= 1, "ac_ema must lie in [0, 1]"),
@@ -115,6 +125,11 @@ class AdaptConfig:
             (self.ac_samples >= 2, "ac_samples must be >= 2"),
             (self.kd_loss in ("cosine", "l2"), "kd_loss must be cosine or l2"),
             (self.threads is None or self.threads >= 1, "threads must be >= 1"),
+            (self.cuda_graphs in ("auto", "on", "off"), "cuda_graphs must be auto, on or off"),
+            (
+                self.cuda_graphs != "on" or self.device.startswith("cuda"),
+                "cuda_graphs=on needs a CUDA device (--device cuda); use auto or off",
+            ),
         ]
         for ok, message in checks:
             if not ok:

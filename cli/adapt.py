@@ -150,6 +150,13 @@ def _options(f: Callable) -> Callable:
             help="bn (DUA): random rotation + mirror per pass",
         ),
         click.option(
+            "--bn-online/--bn-per-scene",
+            default=d.bn_online,
+            show_default=True,
+            help="bn (DUA): keep statistics over the stream with the momentum decayed over "
+            "it (DUA's form), or reset them and restart the schedule per scene",
+        ),
+        click.option(
             "--tent-lr",
             type=float,
             default=d.tent_lr,
@@ -168,6 +175,14 @@ def _options(f: Callable) -> Callable:
             default=d.tent_episodic,
             show_default=True,
             help="tent: reset per scene, or carry (original)",
+        ),
+        click.option(
+            "--tent-predict",
+            type=click.Choice(["adapt", "after"]),
+            default=d.tent_predict,
+            show_default=True,
+            help="tent: adapt = the adapting forward's logits, weights before the step "
+            "(original); after = predict again with the updated weights",
         ),
         click.option(
             "--ac-lr",
@@ -239,7 +254,16 @@ def _options(f: Callable) -> Callable:
         click.option(
             "--backend",
             default=None,
-            help="sparse backend torch|spconv|minkowski [default: the checkpoint's]",
+            help="sparse backend auto|torch|table|spconv|minkowski (auto: the fastest verified "
+            "for the device) [default: the checkpoint's]",
+        ),
+        click.option(
+            "--cuda-graphs",
+            type=click.Choice(["auto", "on", "off"]),
+            default=d.cuda_graphs,
+            show_default=True,
+            help="ttt-kd: capture one TTT step as a CUDA graph and replay it for the other "
+            "steps of a view (auto: on CUDA when safe; same weights as the eager loop)",
         ),
         click.option("--progress/--no-progress", default=True, help="progress bar"),
     ]
@@ -279,6 +303,8 @@ def _config(methods: tuple[str, ...], kw: dict[str, Any], **extra: Any) -> Adapt
         tent_lr=kw["tent_lr"],
         tent_steps=kw["tent_steps"],
         tent_episodic=kw["tent_episodic"],
+        tent_predict=kw["tent_predict"],
+        bn_online=kw["bn_online"],
         ac_lr=kw["ac_lr"],
         ac_steps=kw["ac_steps"],
         ac_ema=kw["ac_ema"],
@@ -289,6 +315,7 @@ def _config(methods: tuple[str, ...], kw: dict[str, Any], **extra: Any) -> Adapt
         device=_device(kw["device"]),
         threads=kw["threads"],
         backend=kw["backend"],
+        cuda_graphs=kw["cuda_graphs"],
         split=kw["split"],
         scenes=_csv(kw["scenes"]),
         **extra,

@@ -4,8 +4,10 @@ Our 3D reading of DUA: starting from the training statistics, the scene is passe
 the network ``bn_passes`` times (each pass a random rotation about +Z and a random mirror of
 X, seeded by the scene id) with BN in training mode and a decaying momentum
 ``max(bn_min_momentum, bn_momentum * bn_decay**k)``; then it is predicted with the updated
-running statistics. No weight changes. Statistics are reset per scene (offline), as for
-TTT-KD, so every scene is adapted on its own.
+running statistics. No weight changes. By default statistics are reset per scene (offline),
+as for TTT-KD, so every scene is adapted on its own. ``bn_online`` is DUA's own form: the
+statistics are kept over the stream and the momentum schedule runs over it (pass ``k`` of the
+stream, counted across scenes), so later scenes move the statistics less and less.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ import torch
 from torch import Tensor
 
 from tttkd.adapt.bn import backbone_norms
+from tttkd.adapt.config import AdaptConfig
 from tttkd.adapt.methods.base import Method, SceneOutcome
 from tttkd.adapt.rotations import rotate_about_up
 from tttkd.adapt.scenes import SceneData, network_input, scene_seed
 from tttkd.adapt.ttt import predict_view
+from tttkd.model.network import SegKDNet
 
 __all__ = ["DUAStatistics", "dua_momenta"]
 
@@ -35,12 +39,20 @@ class DUAStatistics(Method):
 
     name = "bn"
 
+    def __init__(self, net: SegKDNet, cfg: AdaptConfig):
+        super().__init__(net, cfg)
+        self.online = cfg.bn_online
+        self.passes_done = 0  # over the stream (the online schedule continues from here)
+
     def begin_scene(self, scene: SceneData, out: SceneOutcome) -> None:
         cfg = self.cfg
-        self.reset()
+        start = self.passes_done if cfg.bn_online else 0
+        if not cfg.bn_online:
+            self.reset()
         rng = np.random.default_rng(scene_seed(cfg.seed, scene.scene_id, "dua"))
         norms = backbone_norms(self.net)
-        momenta = dua_momenta(cfg.bn_passes, cfg.bn_momentum, cfg.bn_decay, cfg.bn_min_momentum)
+        schedule = (cfg.bn_momentum, cfg.bn_decay, cfg.bn_min_momentum)
+        momenta = dua_momenta(start + cfg.bn_passes, *schedule)[start:]
         saved = [m.momentum for m in norms]
         self.net.eval()
         try:
@@ -57,7 +69,9 @@ class DUAStatistics(Method):
                 m.momentum = mom
             self.net.eval()
         out.updated = True
+        self.passes_done += len(momenta)
         out.extra["bn_passes"] = len(momenta)
+        out.extra["bn_momentum_last"] = momenta[-1]
 
     def _pass_input(self, scene: SceneData, rng: np.random.Generator) -> tuple[Tensor, object]:
         if not self.cfg.bn_augment:

@@ -3,8 +3,11 @@
 As in TENT: BN layers of ``psi_3D`` normalise with the scene's batch statistics (running
 statistics untouched), only their weight and bias are trained, with Adam on the mean
 softmax entropy over the scene's voxels; ``tent_steps`` steps per scene on the unrotated
-view, then every rotation is predicted with batch statistics. ``tent_episodic`` resets per
-scene; by default the weights carry over the stream as in the original (online) TENT.
+view. ``tent_predict="adapt"`` (the original): the unrotated scene's prediction is the output
+of the adapting forward, i.e. made with the weights BEFORE the (last) step, as TENT predicts
+and updates in one pass; ``"after"``: it is predicted again with the updated weights. Other
+rotations are predicted with the updated weights, batch statistics. ``tent_episodic`` resets
+per scene; by default the weights carry over the stream as in the original (online) TENT.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class Tent(Method):
     def __init__(self, net: SegKDNet, cfg: AdaptConfig):
         super().__init__(net, cfg)
         self.online = not cfg.tent_episodic
+        self._adapting: Tensor | None = None  # the adapting forward's logits (unrotated view)
         self._make_optimizer()
 
     def _make_optimizer(self) -> None:
@@ -56,11 +60,14 @@ class Tent(Method):
             self._make_optimizer()
         before = None if self.cfg.tent_episodic else self.state_snapshot()
         view = scene.view(0.0)
+        self._adapting = None
+        adapting = None
         with bn_phase(self.net, "scene", "step"):
             losses = []
             for step in range(self.cfg.tent_steps):
                 self.optimizer.zero_grad(set_to_none=True)
                 logits = self.net.seg_head(self.net.features(view.feats, view.context))
+                adapting = logits.detach().float()[view.row_of_point]
                 loss = entropy(logits)
                 value = float(loss.detach())
                 losses.append(value)
@@ -78,6 +85,12 @@ class Tent(Method):
             else:
                 self.reset()
         out.updated = out.steps > 0 and out.fallback is None
+        if out.updated and self.cfg.tent_predict == "adapt":
+            self._adapting = adapting
+        out.extra["tent_predict"] = self.cfg.tent_predict
 
     def adapt_view(self, scene: SceneData, angle: float, r: int, out: SceneOutcome) -> Tensor:
+        if angle == 0.0 and self._adapting is not None:
+            logits, self._adapting = self._adapting, None
+            return logits
         return predict_view(self.net, scene.view(angle), "scene")

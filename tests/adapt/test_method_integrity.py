@@ -168,7 +168,8 @@ def test_every_method_sums_its_predictions_of_the_rotated_views(adapt_fixture):
     scene, net = _scene_and_net(adapt_fixture)
     angles = rotation_angles(3)
     for name, mode in (("bn", "eval"), ("tent", "scene"), ("ttt-kd-online", "eval")):
-        method = make_method(name, net, AdaptConfig(rotations=3, bn_passes=2, tent_steps=1))
+        cfg = AdaptConfig(rotations=3, bn_passes=2, tent_steps=1, tent_predict="after")
+        method = make_method(name, net, cfg)
         out = method.process(scene)
         assert out.updated, name
         expected = sum(predict_view(method.net, scene.view(a), mode) for a in angles)
