@@ -246,9 +246,11 @@ def test_two_local_workers_equal_serial_on_all_three_datasets(
         for name, (config, reference) in jobs.items():
             report = run_prep(config, ex, progress=False)
             assert report.exit_code == 0 and report.done, (name, report.failed)
-            # one teacher per worker process, reused across that worker's scenes
+            # one teacher for the whole cluster (2 CPU workers), in its own process
             assert {r.teacher_builds for r in report.results} == {1}
-            assert os.getpid() not in {r.pid for r in report.results}
+            teacher_pids = {r.teacher_pid for r in report.results}
+            assert len(teacher_pids) == 1 and not teacher_pids & {r.pid for r in report.results}
+            assert os.getpid() not in {r.pid for r in report.results} | teacher_pids
             cache = Cache.open(config.out, read_only=True)
             assert cache.verify() == {s: [] for s in cache.scene_ids()}
             assert (
@@ -256,6 +258,7 @@ def test_two_local_workers_equal_serial_on_all_three_datasets(
             )
             assert_same_contents(contents(reference), contents(Path(config.out)))
         assert set(ex.client.run(_torch_threads).values()) == {1}  # the worker plugin ran
+        assert len(ex.client.scheduler_info(n_workers=-1)["workers"]) == 3  # 2 CPU + teacher
 
 
 def test_rerun_skips_complete_and_redoes_incomplete(dataset, serial_cache, tmp_path):
@@ -388,25 +391,30 @@ def test_external_dask_scheduler_and_worker_processes(dataset, serial_cache, tmp
         [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
         stdout=logs, stderr=subprocess.STDOUT,
     )  # fmt: skip
-    worker = None
+    workers = []
     try:
-        worker = subprocess.Popen(
-            [dask, "worker", addr, "--nworkers", "1", "--nthreads", "1", "--host", "127.0.0.1",
-             "--no-dashboard", "--memory-limit", "2GB"],
-            stdout=logs, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        for resource in ("CPU=1", "GPU=1"):  # as the README tells users to start them
+            workers.append(subprocess.Popen(
+                [dask, "worker", addr, "--nworkers", "1", "--nthreads", "1", "--host",
+                 "127.0.0.1", "--no-dashboard", "--memory-limit", "2GB", "--resources", resource],
+                stdout=logs, stderr=subprocess.STDOUT,
+            ))  # fmt: skip
         from distributed import Client
 
         with Client(addr, timeout=60) as client:
-            client.wait_for_workers(1, timeout=120)
+            client.wait_for_workers(2, timeout=120)
         out = tmp_path / "ext.zarr"
         ex = DaskExecutor(scheduler=addr, echo=lambda s: None)
         report = run_prep(prep_config(root, out, scenes=_FIRST4), ex, progress=False)
         assert report.exit_code == 0, report.failed
-        assert worker.pid != os.getpid() and len({r.pid for r in report.results}) == 1
+        writers, teachers = {r.pid for r in report.results}, {r.teacher_pid for r in report.results}
+        # CPU and write tasks on the CPU worker, the teacher on the GPU worker, built once
+        assert len(writers) == 1 and len(teachers) == 1 and writers != teachers
+        assert os.getpid() not in writers | teachers
+        assert {r.teacher_builds for r in report.results} == {1}
         assert_same_contents(contents(serial_cache), contents(out))
     finally:
-        for p in (worker, sched):
+        for p in (*workers, sched):
             if p is not None:
                 p.terminate()
                 try:
@@ -415,3 +423,51 @@ def test_external_dask_scheduler_and_worker_processes(dataset, serial_cache, tmp
                     p.kill()
                     p.wait()
         logs.close()
+
+
+@pytest.mark.slow
+def test_sigkill_of_cpu_and_teacher_workers_loses_nothing(dataset, serial_cache, tmp_path):
+    """A CPU worker and the teacher worker are SIGKILLed mid-run: their nannies restart them,
+    Dask recomputes what they held, every scene ends complete and equal to the serial run;
+    a rerun then redoes nothing."""
+    import threading
+
+    root, _ = dataset
+    out = tmp_path / "killed.zarr"
+    config = prep_config(root, out, images_per_task=3)  # several teacher tasks to interrupt
+    killed: list[str] = []
+
+    def killer(client) -> None:
+        info = client.scheduler_info(n_workers=-1)["workers"]
+        pids = client.run(os.getpid)
+        role = {
+            a: "teacher" if "GPU" in (w.get("resources") or {}) else "cpu" for a, w in info.items()
+        }
+        deadline = time.monotonic() + 240
+        for want, after in (("teacher", 1), ("cpu", 3)):
+            while len(_complete(out)) < after and time.monotonic() < deadline:
+                time.sleep(0.01)
+            addr = next(a for a, r in role.items() if r == want)
+            os.kill(pids[addr], signal.SIGKILL)
+            killed.append(f"{want} after {len(_complete(out))}")
+
+    with DaskExecutor(1, memory_limit="2GB", echo=lambda s: None) as ex:
+        thread = threading.Thread(target=killer, args=(ex.client,), daemon=True)
+        thread.start()
+        report = run_prep(config, ex, progress=False, echo=lambda s: None)
+        thread.join(timeout=60)
+    assert len(killed) == 2 and all(int(k.split()[-1]) < N_SCENES for k in killed), killed
+    assert report.exit_code == 0, report.failed
+    assert sorted(report.done + report.skipped) == sorted(
+        f"scene{i:04d}_00" for i in range(N_SCENES)
+    )
+    cache = Cache.open(str(out), read_only=True)
+    assert (
+        cache.verify() == {s: [] for s in cache.scene_ids()} and len(cache.scene_ids()) == N_SCENES
+    )
+    got = contents(out)
+    assert_same_contents(contents(serial_cache), {s: got[s] for s in _FIRST4})
+    stamps = {s: cache.scene_info(s)["info"]["run"] for s in cache.scene_ids()}
+    again = run_prep(config, progress=False, echo=lambda s: None)
+    assert again.done == [] and len(again.skipped) == N_SCENES
+    assert {s: cache.scene_info(s)["info"]["run"] for s in cache.scene_ids()} == stamps

@@ -1,0 +1,63 @@
+"""The prep stages' pure parts: teacher tasks cut across scenes, batch-independent features,
+the local cluster's worker layout (one teacher per GPU, whatever the CPU workers)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tttkd.pipeline.cluster import CPU, GPU, worker_specs
+from tttkd.pipeline.prep_batching import Batcher, Piece
+from tttkd.pipeline.teacher import auto_batch_size, grid_size, load_teacher
+
+
+def test_batcher_cuts_tasks_across_scenes_one_shape_each():
+    b = Batcher(4)
+    assert b.add(0, 3, (48, 64, 3)) == []
+    assert b.add(1, 2, (40, 30, 3)) == []  # another size: its own task
+    full = b.add(2, 6, (48, 64, 3))
+    assert full == [
+        [Piece(0, 0, 3), Piece(2, 0, 1)],
+        [Piece(2, 1, 5)],
+    ]
+    assert b.pieces_of == {0: 1, 1: 1, 2: 3}
+    assert sorted(b.flush(), key=len) == [[Piece(1, 0, 2)], [Piece(2, 5, 6)]]
+    assert b.flush() == []
+    with pytest.raises(ValueError, match="size"):
+        Batcher(0)
+
+
+def test_features_do_not_depend_on_batch_mates_and_come_out_fp16():
+    torch.set_num_threads(1)
+    t = load_teacher("test_vit_tiny", image_size=28, batch_size=4)
+    rng = np.random.default_rng(0)
+    imgs = [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(7)]
+    alone = np.concatenate([t.encode([im]).numpy() for im in imgs])
+    mixed = t.encode(imgs[3:] + imgs[:3]).numpy()  # other batch-mates, other positions
+    np.testing.assert_array_equal(np.concatenate([mixed[4:], mixed[:4]]), alone)
+    padded = t.encode(imgs[:2], pad_batches=True).numpy()  # the CUDA default, here on CPU
+    np.testing.assert_array_equal(padded, alone[:2])
+    half = t.encode(imgs[:2], out_dtype=torch.float16)
+    assert half.dtype == torch.float16
+    np.testing.assert_array_equal(half.numpy(), alone[:2].astype(np.float16))
+    assert grid_size(t.spec, 48, 64) == t.grid_size(48, 64) == (2, 3)
+    assert auto_batch_size(t.spec, torch.device("cpu"), (48, 64)) == 8
+
+
+@pytest.mark.parametrize("workers, gpus", [(1, 0), (3, 0), (4, 2)])
+def test_local_cluster_has_one_teacher_worker_per_gpu(workers, gpus):
+    specs = worker_specs(workers, gpus, memory_limit="1GB")
+    cpu = [s["options"] for s in specs.values() if s["options"]["resources"] == {CPU: 1}]
+    teachers = [s["options"] for s in specs.values() if s["options"]["resources"] == {GPU: 1}]
+    assert (
+        len(cpu) == workers
+        and len(teachers) == max(gpus, 1)
+        and len(specs) == len(cpu) + len(teachers)
+    )
+    assert all(o["env"]["CUDA_VISIBLE_DEVICES"] == "" for o in cpu)  # CPU workers see no GPU
+    visible = [o["env"]["CUDA_VISIBLE_DEVICES"] for o in teachers]
+    assert visible == ([str(g) for g in range(gpus)] if gpus else [""])  # one device each
+    assert all(o["host"] == "127.0.0.1" and o["nthreads"] == 1 for o in cpu + teachers)
+    with pytest.raises(ValueError):
+        worker_specs(0, 1)
