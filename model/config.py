@@ -62,11 +62,17 @@ class OptimConfig:
 
     lr: float = 0.005  # the maximum learning rate of the one-cycle schedule
     weight_decay: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.999)  # our choice (torch default)
+    betas: tuple[float, float] = (0.9, 0.999)  # our choice (torch default); see cycle_momentum
     div_factor: float = 10.0
     final_div_factor: float = 1000.0
     pct_start: float = 0.3  # our choice (torch default)
     anneal_strategy: Literal["cos", "linear"] = "cos"
+    # OneCycleLR also cycles AdamW's beta1 (max_momentum -> base_momentum -> max_momentum,
+    # opposite to the lr) when True, and betas[0] is then never used; False keeps betas[0]
+    # for the whole run. Our choice: True, torch's default (the paper does not say).
+    cycle_momentum: bool = True
+    base_momentum: float = 0.85  # beta1 at the lr peak (with cycle_momentum)
+    max_momentum: float = 0.95  # beta1 at the start and end (with cycle_momentum)
     grad_clip: float = 0.0  # max gradient norm; 0 = no clipping
 
 
@@ -339,6 +345,11 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.optim.lr > 0, "optim.lr", "must be > 0"),
         (cfg.optim.weight_decay >= 0, "optim.weight_decay", "must be >= 0"),
         (0 < cfg.optim.pct_start < 1, "optim.pct_start", "must lie in (0, 1)"),
+        (
+            0 <= cfg.optim.base_momentum <= cfg.optim.max_momentum < 1,
+            "optim.base_momentum",
+            "must lie in [0, optim.max_momentum] and optim.max_momentum below 1",
+        ),
         (cfg.optim.grad_clip >= 0, "optim.grad_clip", "must be >= 0 (0 = off)"),
         (0 <= cfg.loss.label_smoothing < 1, "loss.label_smoothing", "must lie in [0, 1)"),
         (cfg.loss.kd_weight >= 0, "loss.kd_weight", "must be >= 0"),

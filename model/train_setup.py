@@ -208,5 +208,8 @@ def make_optimizer(
         anneal_strategy=o.anneal_strategy,
         div_factor=o.div_factor,
         final_div_factor=o.final_div_factor,
+        cycle_momentum=o.cycle_momentum,
+        base_momentum=o.base_momentum,
+        max_momentum=o.max_momentum,
     )
     return optimizer, scheduler

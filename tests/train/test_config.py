@@ -81,3 +81,29 @@ def test_save_load_round_trip_and_diff(tmp_path):
         "runtime.num_workers: 1 -> 3",
     ]
     assert config_diff(c, other, ignore=("runtime",)) == ["optim.lr: 0.003 -> 0.004"]
+
+
+@pytest.mark.parametrize("cycle", [True, False])
+def test_one_cycle_momentum_is_explicit(cycle):
+    """With cycle_momentum OneCycleLR drives AdamW's beta1 (0.95 -> 0.85 -> 0.95) and the
+    configured betas[0] never applies; without, betas[0] holds for the whole run."""
+    import torch
+
+    from tttkd.model.train_setup import make_optimizer
+
+    cfg = load_config(overrides=["epochs=1", f"optim.cycle_momentum={str(cycle).lower()}"])
+    assert cfg.optim.cycle_momentum is cycle and cfg.optim.betas[0] == 0.9
+    p = torch.nn.Parameter(torch.zeros(3))
+    optimizer, scheduler = make_optimizer([p], cfg, steps_per_epoch=10)
+    beta1 = []
+    for _ in range(9):
+        beta1.append(optimizer.param_groups[0]["betas"][0])
+        p.grad = torch.ones(3)
+        optimizer.step()
+        scheduler.step()
+    if cycle:
+        assert beta1[0] == pytest.approx(0.95) and min(beta1) == pytest.approx(0.85, abs=0.01)
+    else:
+        assert beta1 == [0.9] * 9
+    with pytest.raises(ConfigError, match="optim.base_momentum"):
+        load_config(overrides=["optim.base_momentum=0.99"])
