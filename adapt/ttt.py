@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tttkd.adapt.bn import bn_phase
+from tttkd.adapt.bn import backbone_norms, bn_phase
+from tttkd.adapt.graph_step import graph_decision, run_captured_steps
 from tttkd.adapt.safety import Divergence, DivergenceGuard
 from tttkd.adapt.scenes import SceneData, View
 from tttkd.model.network import SegKDNet
@@ -45,6 +46,7 @@ class StepLog:
     losses: list[float] = field(default_factory=list)  # before each step
     step_ms: list[float] = field(default_factory=list)
     divergence: Divergence | None = None
+    captured: bool = False  # steps 1.. replayed from a CUDA graph (adapt/graph_step.py)
     loss_after: float | None = None  # after the last step (set by the caller's check)
 
     @property
@@ -98,36 +100,63 @@ def run_kd_steps(
     bn_mode: str,
     kind: str = "cosine",
     guard: DivergenceGuard | None = None,
+    cuda_graphs: str = "off",
 ) -> StepLog:
-    """Up to ``steps`` SGD steps; stops at the first divergence (weights are then suspect)."""
+    """Up to ``steps`` SGD steps; stops at the first divergence (weights are then suspect).
+
+    ``cuda_graphs`` (auto | on | off): replay one captured step on CUDA where
+    :func:`~tttkd.adapt.graph_step.graph_decision` allows; otherwise the eager loop.
+    """
     log = StepLog()
     if steps == 0 or scene.num_pairs == 0:
         return log
     params = [p for g in optimizer.param_groups for p in g["params"]]
     device = scene.device
-    with bn_phase(net, bn_mode, "step"):
-        for step in range(steps):
-            synchronize(device)
-            t0 = time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
-            loss = kd_loss(net, scene, view, kind)
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                log.divergence = guard.check(step, value) if guard else None
-                log.step_ms.append((time.perf_counter() - t0) * 1e3)
-                log.losses.append(value)
-                break
-            loss.backward()
-            grad_norm = _grad_norm(params) if guard else None
-            verdict = guard.check(step, value, grad_norm) if guard else None
-            if verdict is None:
-                optimizer.step()
-            synchronize(device)
+
+    def eager_step(step: int) -> bool:
+        """One eager step (appends to ``log``); True when the loop must stop."""
+        synchronize(device)
+        t0 = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss = kd_loss(net, scene, view, kind)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            log.divergence = guard.check(step, value) if guard else None
             log.step_ms.append((time.perf_counter() - t0) * 1e3)
             log.losses.append(value)
-            if verdict is not None:
-                log.divergence = verdict
-                break
+            return True
+        loss.backward()
+        grad_norm = _grad_norm(params) if guard else None
+        verdict = guard.check(step, value, grad_norm) if guard else None
+        if verdict is None:
+            optimizer.step()
+        synchronize(device)
+        log.step_ms.append((time.perf_counter() - t0) * 1e3)
+        log.losses.append(value)
+        if verdict is not None:
+            log.divergence = verdict
+            return True
+        return False
+
+    with bn_phase(net, bn_mode, "step"):
+        log.captured, _ = graph_decision(
+            cuda_graphs,
+            device_type=device.type,
+            steps=steps,
+            backend=view.context.backend.name,
+            optimizer=type(optimizer).__name__,
+            bn_mode=bn_mode,
+            bn_momentum_none=any(m.momentum is None for m in backbone_norms(net)),
+        )
+        if log.captured:  # adapt/graph_step.py: step 0 eager, then one graph replayed
+            loss_fn = lambda: kd_loss(net, scene, view, kind)  # noqa: E731
+            run_captured_steps(
+                optimizer, params, loss_fn, eager_step, log, steps=steps, guard=guard
+            )
+        else:
+            for step in range(steps):
+                if eager_step(step):
+                    break
     return log
 
 

@@ -88,6 +88,7 @@ class TTTKD(Method):
             bn_mode=cfg.bn_mode,
             kind=cfg.kd_loss,
             guard=guard,
+            cuda_graphs=cfg.cuda_graphs,
         )
         logits = None
         if log.divergence is None:
@@ -136,6 +137,7 @@ class TTTKDOnline(Method):
             bn_mode=cfg.bn_mode,
             kind=cfg.kd_loss,
             guard=guard,
+            cuda_graphs=cfg.cuda_graphs,
         )
         if log.divergence is None and log.steps:
             logits, loss = evaluate_view(self.net, scene, view, cfg.bn_mode, cfg.kd_loss)
