@@ -165,10 +165,11 @@ def test_serial_cache_is_verified_and_matches_the_rendered_truth(dataset, serial
     cache = Cache.open(str(serial_cache), read_only=True)
     assert cache.verify() == {s: [] for s in _FIRST4}
     assert cache.meta.teacher["name"] == "test_vit_tiny" and cache.meta.voxel_size == 0.04
+    assert cache.meta.point_voxel_size == 0.01  # schema 2: points kept on voxel / 4
     n_hidden = 0
     for sid in _FIRST4:
         rec, truth = cache.read_scene(sid), truths[sid]
-        vox = voxelize(truth.xyz, 0.04)
+        vox = voxelize(truth.xyz, 0.01)
         np.testing.assert_array_equal(rec.xyz, truth.xyz[vox.keep])  # reader + voxelize
         np.testing.assert_array_equal(rec.voxel_of_point, vox.voxel_of_point)
         np.testing.assert_array_equal(rec.full_label, truth.label)
