@@ -298,7 +298,7 @@ def _prep(dataset: str, reader_options: dict, **kw: Any) -> None:
             **kw,
         )
         if is_dry:
-            dry_run(config, echo=click.echo)
+            dry_run(config, echo=click.echo, workers=workers or 1)
             return
         if workers is None and scheduler is None:
             executor = SerialExecutor()

@@ -19,16 +19,15 @@ import numpy as np
 from tttkd.pipeline.datasets import registry
 from tttkd.pipeline.errors import DatasetError, TttkdError
 from tttkd.pipeline.executors import Executor, SerialExecutor
-from tttkd.pipeline.frames import select_frames
 from tttkd.pipeline.overwrite import finish, removed_on_failed_start, staged
 from tttkd.pipeline.plan import Plan, PrepConfig, SceneJob, estimate_scene_bytes, make_plan
 from tttkd.pipeline.prep_scene import (
     _TEACHERS,
     SceneResult,
+    build_record,
     get_teacher,
     sample_features,
 )
-from tttkd.pipeline.voxelize import voxelize
 
 
 class PrepError(DatasetError):
@@ -167,10 +166,15 @@ def fit_pca_if_needed(cache: Any, plan: Plan, config: PrepConfig, echo: Callable
     echo(f"pca: {k} components fitted on {len(samples)} scenes ({kept:.1%} of the variance)")
 
 
-def dry_run(config: PrepConfig, echo: Callable[[str], None] = print, sample: int = 2) -> dict:
-    """Scene count and an estimated (uncompressed) cache size; reads ``sample`` scenes only."""
+def dry_run(
+    config: PrepConfig,
+    echo: Callable[[str], None] = print,
+    sample: int = 2,
+    workers: int = 1,
+) -> dict:
+    """Scene count, an estimated (uncompressed) cache size and the expected hours with
+    ``workers`` CPU workers, from ``sample`` scenes run through the CPU stage here."""
     from tttkd.pipeline.cache import Cache, CacheError
-    from tttkd.pipeline.correspond import correspond
 
     check_images(config)
     try:
@@ -190,48 +194,89 @@ def dry_run(config: PrepConfig, echo: Callable[[str], None] = print, sample: int
     if n == 0:
         return {"scenes": 0, "skipped": len(plan.skipped), "bytes": 0}
     teacher = None if config.no_images else get_teacher(SceneJob("", config))
+    spec = None if teacher is None else teacher.spec.to_dict()
     picks = sorted({int(i) for i in np.linspace(0, n - 1, min(sample, n))})
-    per_scene = []
+    per_scene, cpu_s, images, sample_images = [], [], [], []
     for i in picks:
-        job = plan.jobs[i]
-        scene = registry.load_scene(
-            config.dataset, config.root, job.scene_id, **config.load_options()
-        )
-        vox = voxelize(scene.xyz, config.point_grid)
-        frames, pairs, grid = [], 0, (0, 0)
-        if teacher is not None:
-            frames = select_frames(scene.frames, config.image_policy(), scene.id).frames
-            if frames:
-                grid = teacher.grid_size(frames[0].height, frames[0].width)
-                views = [_view(f) for f in frames]
-                pairs = correspond(scene.xyz[vox.keep], views, config.correspond_config()).num_pairs
+        job = SceneJob(plan.jobs[i].scene_id, config, teacher_spec=spec)
+        t0 = time.perf_counter()
+        try:
+            rec, _, imgs = build_record(job)  # the CPU stage of prep, exactly
+        except Exception as e:
+            echo(f"  {job.scene_id}: cannot be prepared ({_one_line(e)}); not sampled")
+            continue
+        cpu_s.append(time.perf_counter() - t0)
+        n_img = 0 if imgs is None else len(imgs)
+        images.append(n_img)
+        if imgs is not None:
+            sample_images.extend(imgs[: max(0, 8 - len(sample_images))])
+        grid = tuple(rec.attrs["feature_grid"])
         b = estimate_scene_bytes(
-            full_points=scene.num_points,
-            voxels=vox.num_voxels,
-            images=len(frames),
-            pairs=pairs,
+            full_points=len(rec.full_label),
+            voxels=rec.num_points,
+            images=n_img,
+            pairs=rec.num_corr,
             grid_hw=grid,
             dim=0 if teacher is None else teacher.spec.dim,
         )
         per_scene.append(b)
         echo(
-            f"  {job.scene_id}: {scene.num_points} points -> {vox.num_voxels} voxels, "
-            f"{len(frames)} images at grid {grid[0]}x{grid[1]}, {pairs} pairs: {_mb(b)}"
+            f"  {job.scene_id}: {len(rec.full_label)} points -> {rec.num_points} stored, "
+            f"{n_img} images at grid {grid[0]}x{grid[1]}, {rec.num_corr} pairs: {_mb(b)}; "
+            f"CPU stage {cpu_s[-1]:.2f} s"
         )
+    if not per_scene:
+        echo("no sampled scene could be prepared: no estimate (see the reasons above)")
+        return {"scenes": n, "skipped": len(plan.skipped), "bytes": 0}
     est = int(np.mean(per_scene) * n)
     echo(
         f"estimated cache size: {_mb(est)} uncompressed for {n} scenes "
         f"({_mb(int(np.mean(per_scene)))} per scene; zstd typically saves 10-30% on features)"
     )
-    return {"scenes": n, "skipped": len(plan.skipped), "bytes": est}
+    speed = estimate_hours(
+        n, float(np.mean(images)) * n, float(np.mean(cpu_s)), teacher, sample_images, workers
+    )
+    echo(speed.pop("text"))
+    return {"scenes": n, "skipped": len(plan.skipped), "bytes": est, **speed}
 
 
-def _view(frame: Any) -> Any:
-    from tttkd.pipeline.correspond import View
+def estimate_hours(
+    scenes: int,
+    images: float,
+    cpu_s_per_scene: float,
+    teacher: Any,
+    sample: list[np.ndarray],
+    workers: int,
+) -> dict:
+    """Expected prep time from speeds measured here: the CPU stage per scene (one worker, on
+    the sampled scenes) and the teacher's img/s on the sampled images (after one warm-up
+    call). CPU workers run in parallel; the teacher (one per device) runs beside them, so
+    the slower of the two bounds the run. Writing is not included."""
+    img_s = float("inf")
+    if teacher is not None and sample:
+        import torch
 
-    depth = frame.load_depth()
-    dk = None if depth is None else frame.depth_intrinsics(depth.shape[1], depth.shape[0])
-    return View(frame.K, frame.c2w, frame.width, frame.height, depth=depth, depth_K=dk)
+        shape = sample[0].shape
+        batch = [im for im in sample if im.shape == shape]
+        teacher.encode(batch[:1], out_dtype=torch.float16)  # warm-up (kernels, allocator)
+        t0 = time.perf_counter()
+        teacher.encode(batch, out_dtype=torch.float16)
+        img_s = len(batch) / (time.perf_counter() - t0)
+    scenes_s = workers / max(cpu_s_per_scene, 1e-9)
+    cpu_h, teacher_h = scenes / scenes_s / 3600, images / img_s / 3600
+    hours = max(cpu_h, teacher_h)
+    bound = "the teacher" if teacher_h >= cpu_h else f"the CPU stage ({workers} worker(s))"
+    text = (
+        f"measured here: CPU stage {scenes_s:.3f} scenes/s with {workers} worker(s), teacher "
+        f"{img_s:.1f} img/s ({'no images' if teacher is None else teacher.device}); expected "
+        f"{hours:.2f} h for {scenes} scenes and ~{images:.0f} images, bound by {bound} "
+        "(writing not included)"
+    )
+    return {"scenes_per_s": scenes_s, "images_per_s": img_s, "hours": hours, "text": text}
+
+
+def _one_line(e: BaseException) -> str:
+    return (str(e).strip() or type(e).__name__).splitlines()[0]
 
 
 def _mb(b: int) -> str:

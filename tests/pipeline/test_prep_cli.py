@@ -53,6 +53,7 @@ def test_dry_run_counts_and_estimates_without_writing(root, tmp_path):
     assert r.exit_code == 0, r.output
     assert "2 scenes, 0 complete already, 2 to prepare" in r.output
     assert "estimated cache size" in r.output and "MiB" in r.output
+    assert "scenes/s with 1 worker(s), teacher" in r.output and "h for 2 scenes" in r.output
     assert not out.exists() and not Path(str(out) + ".failures.json").exists()
 
 

@@ -61,3 +61,16 @@ def test_local_cluster_has_one_teacher_worker_per_gpu(workers, gpus):
     assert all(o["host"] == "127.0.0.1" and o["nthreads"] == 1 for o in cpu + teachers)
     with pytest.raises(ValueError):
         worker_specs(0, 1)
+
+
+def test_expected_hours_are_bound_by_the_slower_stage():
+    from tttkd.pipeline.run import estimate_hours
+
+    # points only: 3600 scenes at 2 s each on 4 workers = 0.5 h
+    e = estimate_hours(3600, 0, 2.0, None, [], workers=4)
+    assert e["scenes_per_s"] == 2.0 and e["hours"] == 0.5 and "CPU stage (4 worker" in e["text"]
+    t = load_teacher("test_vit_tiny", image_size=28)
+    imgs = [np.zeros((48, 64, 3), np.uint8)] * 4
+    e = estimate_hours(1, 1e9, 1.0, t, imgs, workers=1)  # a billion images: the teacher bounds
+    assert 0 < e["images_per_s"] < 1e7 and "bound by the teacher" in e["text"]
+    assert e["hours"] == pytest.approx(1e9 / e["images_per_s"] / 3600)
