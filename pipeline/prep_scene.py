@@ -35,6 +35,7 @@ from tttkd.pipeline.datasets import registry
 from tttkd.pipeline.errors import TttkdError
 from tttkd.pipeline.frames import select_frames
 from tttkd.pipeline.plan import SceneJob
+from tttkd.pipeline.scene_warnings import check_labels
 from tttkd.pipeline.teacher import TeacherSpec, grid_size
 from tttkd.pipeline.voxelize import voxelize
 
@@ -63,6 +64,7 @@ class SceneResult:
     pid: int = field(default_factory=os.getpid)
     teacher_builds: int = 0  # teachers built so far by the process that encoded the scene
     teacher_pid: int = 0  # that process (0: no images)
+    warnings: tuple[str, ...] = ()  # what the scene lost (labels, frames): pipeline/scene_warnings
 
 
 def teacher_key(job: SceneJob) -> tuple:
@@ -230,6 +232,8 @@ def build_record(job: SceneJob) -> tuple[SceneRecord, dict, np.ndarray | None]:
     timing["read"] = time.perf_counter() - t0
     if scene.num_points == 0:
         raise SceneFailure("the scene has no points")
+    split = scene.split if scene.split is not None else cfg.split
+    labels, warnings = check_labels(scene.label, split, job.scene_id)  # all lost: an error
     t0 = time.perf_counter()
     # stored points: one per cell of the fine point grid (consumers voxelize at voxel_size)
     vox = voxelize(scene.xyz, cfg.point_grid, label=scene.label, label_mode=cfg.label_mode)
@@ -250,10 +254,12 @@ def build_record(job: SceneJob) -> tuple[SceneRecord, dict, np.ndarray | None]:
             "label_mode": cfg.label_mode,
         },
         "reader_options": {k: str(v) for k, v in cfg.reader_options.items()},
+        "labels": labels,
+        "warnings": warnings,
     }
     rec = SceneRecord(
         scene_id=job.scene_id,
-        split=scene.split if scene.split is not None else cfg.split,
+        split=split,
         xyz=np.ascontiguousarray(xyz, dtype=np.float32),
         rgb=np.ascontiguousarray(scene.rgb[vox.keep]),
         label=vox.label,
@@ -403,6 +409,7 @@ def write_prepared(prep: PreparedScene, pieces: list[EncodedPiece]) -> SceneResu
         timing={k: round(v, 4) for k, v in timing.items()},
         teacher_builds=pieces[0].builds if pieces else 0,
         teacher_pid=pieces[0].pid if pieces else 0,
+        warnings=tuple(rec.attrs.get("warnings", ())),
     )
 
 

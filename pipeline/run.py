@@ -28,6 +28,7 @@ from tttkd.pipeline.prep_scene import (
     get_teacher,
     sample_features,
 )
+from tttkd.pipeline.scene_warnings import report_warnings
 
 
 class PrepError(DatasetError):
@@ -337,6 +338,7 @@ def run_prep(
         report.seconds = round(time.perf_counter() - t_start, 3)
         _save_failures(report, config, run_id)
     finish(config, written, len(report.done), len(report.failed), echo)
+    report_warnings(config.out, report.results, echo, config.storage_options)
     echo(
         f"done {len(report.done)}, failed {len(report.failed)}, skipped {len(report.skipped)} "
         f"in {report.seconds:.1f} s ({report.images} images)"

@@ -207,7 +207,13 @@ def read_label_map(path: Path, scene_id: str | None = None) -> dict[str, int]:
 
 @lru_cache(maxsize=8)
 def _label_map(path: str, size: int, mtime: int, scene_id: str | None) -> tuple[tuple[str, int]]:
-    lines = [ln for ln in Path(path).read_bytes().decode("utf-8").splitlines() if ln.strip()]
+    text = Path(path).read_bytes().decode("utf-8")
+    numbered = [  # (line number as an editor shows it, line); CR CR LF ends count once
+        (i, ln.strip("\r"))
+        for i, ln in enumerate(text.split("\n") if "\n" in text else text.splitlines(), 1)
+        if ln.strip()
+    ]
+    lines = [ln for _, ln in numbered]
     header = [h.strip() for h in lines[0].split("\t")] if lines else []
     missing = [c for c in ("raw_category", "nyu40id") if c not in header]
     if missing:
@@ -219,13 +225,20 @@ def _label_map(path: str, size: int, mtime: int, scene_id: str | None) -> tuple[
         )
     raw_col, nyu_col = header.index("raw_category"), header.index("nyu40id")
     out: dict[str, int] = {}
-    for line in lines[1:]:
+    for number, line in numbered[1:]:
         cells = line.split("\t")
         if len(cells) <= max(raw_col, nyu_col):
             continue
         raw, nyu = cells[raw_col].strip(), cells[nyu_col].strip()
-        nyu_id = int(nyu) if nyu.isdigit() else 0  # an empty nyu40id means unlabelled
-        out.setdefault(raw, nyu_id if 0 <= nyu_id <= 40 else 0)  # first row wins
+        if nyu and not (nyu.isdigit() and 0 <= int(nyu) <= 40):
+            raise DatasetError(
+                f"line {number}: nyu40id {nyu!r} of raw_category {raw!r} is not a number in "
+                "0..40 (an empty cell means unlabelled)",
+                file=path,
+                scene=scene_id,
+                fix=f"repair that row, or download ScanNet's {LABEL_TSV} again",
+            )
+        out.setdefault(raw, int(nyu) if nyu else 0)  # first row wins
     return tuple(out.items())
 
 
@@ -271,10 +284,20 @@ def load_nyu40(
         )
     uniq, inverse = np.unique(seg_of, return_inverse=True)
     nyu_of_seg = np.zeros(len(uniq), dtype=np.int16)
-    for raw, seg_ids in groups:  # a later group overrides an earlier one (ScanNet scripts)
+    for i, (raw, seg_ids) in enumerate(groups):  # a later group overrides an earlier one
         sid = np.asarray(seg_ids, dtype=np.int64)
         pos = np.minimum(np.searchsorted(uniq, sid), len(uniq) - 1)
-        nyu_of_seg[pos[uniq[pos] == sid]] = label_map.get(raw.strip(), 0)
+        known = uniq[pos] == sid if len(uniq) else np.zeros(len(sid), bool)
+        if not known.all():
+            raise DatasetError(
+                f"segGroups[{i}] (label {raw!r}) lists {int((~known).sum())} segment ids that "
+                f"are not in {segs_path.name}, e.g. {sid[~known][:3].tolist()}",
+                file=agg_path,
+                scene=scene_id,
+                fix="use the aggregation.json and _vh_clean_2.0.010000.segs.json of the same "
+                "scan (download both again)",
+            )
+        nyu_of_seg[pos[known]] = label_map.get(raw.strip(), 0)
     return nyu_of_seg[inverse], (segs_path, agg_path)
 
 
