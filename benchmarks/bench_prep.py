@@ -4,11 +4,15 @@
    straightforward numpy baseline (``np.unique(grid, axis=0)`` voxelization, then a per-image
    loop that projects every voxel point in float64 and tests the depth), on a synthetic room
    (``tttkd.pipeline.synthetic``) with ScanNet-like density, image and depth sizes.
-2. Scaling from 1 to 2 Dask worker processes (scenes/s, peak RSS per worker) on exact-format
-   synthetic ScanNet scenes with the tiny test teacher.
+2. End to end (issue 12): N ScanNet-format rooms with full-size 1296x968 colour frames, the
+   teacher built from random weights written to a local file first (as a user's weights
+   are loaded); img/s and scenes/s of the whole prep (CPU stage, teacher, write) for each
+   setting (``serial`` or WORKERSxGPUS), against the encoder alone (preprocessed batch) and
+   ``Teacher.encode`` (uint8 in, fp16 out) measured in the same run.
 
-Run: ``python -m benchmarks.bench_prep`` (or ``python benchmarks/bench_prep.py``); default
-runtime is about 1-2 minutes on 2 cores. ``--quick`` shrinks everything (smoke test).
+Run on a GPU: ``python -m benchmarks.bench_prep --device cuda --teacher dinov2_vitl14
+--skip-geometry`` (settings 1x1 8x1 15x1). On CPU: ``python -m benchmarks.bench_prep --quick``
+(tiny teacher, 324x242 frames, ``serial`` and ``1x0``).
 """
 
 from __future__ import annotations
@@ -112,7 +116,7 @@ def bench_geometry(quick: bool) -> dict:
     return {"points": len(xyz), "ours_s": ours, "baseline_s": base, "speedup": base / ours}
 
 
-# ---- 2. worker scaling -------------------------------------------------------------------
+# ---- 2. end to end: CPU workers feeding one teacher per GPU --------------------------------
 def _peak_rss_mb() -> float:
     import resource
 
@@ -120,7 +124,7 @@ def _peak_rss_mb() -> float:
 
 
 def _warm(job) -> int:
-    """Build this worker's teacher before timing (imports and weights are not scene work)."""
+    """Build this process's teacher before timing (imports and weights are not scene work)."""
     import os
 
     from tttkd.pipeline.prep_scene import get_teacher
@@ -129,75 +133,204 @@ def _warm(job) -> int:
     return os.getpid()
 
 
-def bench_scaling(quick: bool, workdir: Path) -> dict:
-    from tttkd.pipeline.executors import DaskExecutor
+def write_random_weights(teacher: str, path: Path) -> Path:
+    """Seeded random weights saved as a plain state dict, loaded back as a user's file is."""
+    import torch
+
+    from tttkd.pipeline.teacher import load_teacher
+
+    t = load_teacher(teacher, random_init=True)
+    torch.save(t.module.vit.state_dict(), path)
+    return path
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_encoder(teacher, image_hw: tuple[int, int], batches: list[int], reps: int) -> dict:
+    """Encoder alone (preprocessed input, bf16 on CUDA) and ``Teacher.encode`` (uint8 in,
+    resize on the device, fp16 out) in img/s, per batch size."""
+    import contextlib
+
+    import numpy as np
+    import torch
+
+    dev = teacher.device
+    h, w = teacher.input_size(*image_hw)
+    cast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if dev.type == "cuda"
+        else contextlib.nullcontext()
+    )
+    out = {}
+    rng = np.random.default_rng(0)
+    for b in batches:
+        x = torch.randn(b, 3, h, w, device=dev)
+        images = [rng.integers(0, 256, (*image_hw, 3), dtype=np.uint8) for _ in range(b)]
+        old, teacher.batch_size = teacher.batch_size, b
+        with torch.inference_mode(), cast:
+            teacher.module(x)  # warm-up
+            _sync(dev)
+            t = time.perf_counter()
+            for _ in range(reps):
+                teacher.module(x)
+            _sync(dev)
+            raw = b * reps / (time.perf_counter() - t)
+        teacher.encode(images, out_dtype=torch.float16)
+        t = time.perf_counter()
+        for _ in range(reps):
+            teacher.encode(images, out_dtype=torch.float16)
+        enc = b * reps / (time.perf_counter() - t)
+        teacher.batch_size = old
+        out[b] = {"encoder_img_s": raw, "encode_img_s": enc}
+        print(f"  batch {b:>3}: encoder alone {raw:8.1f} img/s, Teacher.encode {enc:8.1f} img/s")
+    return out
+
+
+def _setting(text: str) -> tuple[int | None, int]:
+    if text == "serial":
+        return None, 0
+    workers, _, gpus = text.partition("x")
+    return int(workers), int(gpus or 0)
+
+
+def bench_end_to_end(args, workdir: Path) -> dict:
+    from tttkd.pipeline.executors import DaskExecutor, SerialExecutor
     from tttkd.pipeline.plan import PrepConfig, make_plan
-    from tttkd.pipeline.prep_scene import prep_scene
-    from tttkd.pipeline.run import build_meta, open_cache, teacher_record
+    from tttkd.pipeline.prep_scene import _TEACHERS, get_teacher
+    from tttkd.pipeline.run import build_meta, open_cache, task_images, teacher_record
     from tttkd.pipeline.synthetic.scannet_writer import write_scannet_dataset
 
-    n_scenes = 4 if quick else 12
+    wh = tuple(int(v) for v in args.image_wh.split("x"))
     root = workdir / "scannet"
     t0 = time.perf_counter()
     write_scannet_dataset(
-        root, n_scenes, frames=("exported",), splits=["train"] * n_scenes,
-        image_size=(240, 180), views_per_scene=5,
+        root, args.scenes, frames=("25k",), splits=["train"] * args.scenes,
+        image_size=wh, views_per_scene=args.views,
     )  # fmt: skip
     print(
-        f"\nscaling: {n_scenes} synthetic ScanNet scenes written in "
-        f"{time.perf_counter() - t0:.1f} s (240x180 colour, 5 views, tiny ViT teacher at 448)"
+        f"\nend to end: {args.scenes} ScanNet-format rooms, {args.views} frames each at "
+        f"{wh[0]}x{wh[1]} (written in {time.perf_counter() - t0:.1f} s); teacher "
+        f"{args.teacher} on {args.device}, random weights from a local file"
     )
-    out = {}
-    for n in (1, 2):
-        config = PrepConfig(
-            dataset="scannet", root=str(root), out=str(workdir / f"w{n}.zarr"),
-            teacher="test_vit_tiny", image_size=448, reader_options={"frames": "exported"},
-        )  # fmt: skip
-        cache = open_cache(config, build_meta(config, teacher_record(config)))
-        jobs = make_plan(config, sorted(p.name for p in (root / "scans").iterdir())).jobs
-        with DaskExecutor(n, memory_limit="3GB", echo=lambda s: None) as ex:
-            ex.client.run(_warm, jobs[0])
+    weights = None
+    if args.teacher != "test_vit_tiny":
+        weights = str(write_random_weights(args.teacher, workdir / f"{args.teacher}.pth"))
+    base = dict(
+        dataset="scannet", root=str(root), teacher=args.teacher, teacher_weights=weights,
+        image_size=args.image_size, device=args.device, batch_size=args.batch_size,
+        images_per_task=args.images_per_task, reader_options={"frames": "25k"},
+        compile_teacher=args.compile,
+    )  # fmt: skip
+    probe = get_teacher(make_plan(PrepConfig(out=str(workdir / "p.zarr"), **base), ["x"]).jobs[0])
+    print(f"  teacher input {probe.input_size(wh[1], wh[0])} for {wh[0]}x{wh[1]} frames")
+    enc = bench_encoder(probe, (wh[1], wh[0]), args.encoder_batches, args.reps)
+    _TEACHERS.clear()
+    del probe
+    out: dict = {"encoder": enc, "settings": {}}
+    for text in args.settings:
+        workers, gpus = _setting(text)
+        config = PrepConfig(out=str(workdir / f"{text}.zarr"), **base)
+        teacher = teacher_record(config)
+        cache = open_cache(config, build_meta(config, teacher))
+        scenes = sorted(p.name for p in (root / "scans").iterdir())
+        jobs = make_plan(config, scenes, set(), teacher_spec=teacher, run_id=text).jobs
+        if workers is None:
+            ex = SerialExecutor()
+        else:
+            _TEACHERS.clear()
+            ex = DaskExecutor(workers, gpus=gpus, memory_limit=args.memory_limit, echo=print)
+        with ex:
+            if workers is None:
+                _warm(jobs[0])
+            else:
+                ex.client.submit(_warm, jobs[0], resources=ex.resources.teacher).result()
             t = time.perf_counter()
-            futures = ex.client.map(prep_scene, jobs, pure=False)
-            results = ex.client.gather(futures)
+            results = list(ex.prep(jobs, task_images(config, ex)))
             dt = time.perf_counter() - t
-            rss = ex.client.run(_peak_rss_mb)
+            rss = {0: _peak_rss_mb()} if workers is None else ex.client.run(_peak_rss_mb)
         bad = [r for r in results if r.status != "done"]
         assert not bad, bad
-        assert len(cache.scene_ids()) == n_scenes
-        out[n] = {"seconds": dt, "scenes_s": n_scenes / dt, "rss_mb": sorted(rss.values())}
+        assert len(cache.scene_ids()) == args.scenes
+        n_img = sum(r.images for r in results)
+        out["settings"][text] = {
+            "seconds": dt,
+            "images": n_img,
+            "img_s": n_img / dt,
+            "scenes_s": args.scenes / dt,
+            "teacher_processes": len({r.teacher_pid for r in results}),
+            "peak_rss_mb": sorted(rss.values()),
+        }
         print(
-            f"  {n} worker(s): {n_scenes / dt:.2f} scenes/s ({dt:.1f} s); peak RSS per "
-            f"worker: {', '.join(f'{m:.0f} MiB' for m in out[n]['rss_mb'])}"
+            f"  {text:>7}: {n_img / dt:8.2f} img/s, {args.scenes / dt:6.3f} scenes/s "
+            f"({dt:.1f} s, {n_img} images); teacher processes: "
+            f"{out['settings'][text]['teacher_processes']}; peak RSS per process "
+            f"{', '.join(f'{m:.0f}' for m in out['settings'][text]['peak_rss_mb'])} MiB"
         )
-    ratio = out[2]["scenes_s"] / out[1]["scenes_s"]
-    print(f"  scaling 1 -> 2 workers: {ratio:.2f}x scenes/s")
-    out["ratio"] = ratio
     return out
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
-    p.add_argument("--skip-scaling", action="store_true")
+    p.add_argument("--quick", action="store_true", help="tiny sizes (smoke test on CPU)")
+    p.add_argument("--skip-geometry", action="store_true")
+    p.add_argument("--skip-end-to-end", action="store_true")
+    p.add_argument("--device", default="cpu", help="teacher device: cpu or cuda")
+    p.add_argument("--teacher", default=None, help="default: dinov2_vitl14 (test_vit_tiny quick)")
+    p.add_argument("--image-size", type=int, default=None, help="teacher short side (448)")
+    p.add_argument("--image-wh", default=None, help="colour frames WxH (default 1296x968)")
+    p.add_argument("--scenes", type=int, default=None, help="rooms (default 24, quick 4)")
+    p.add_argument("--views", type=int, default=None, help="frames per room (default 16)")
+    p.add_argument("--batch-size", type=int, default=None, help="default: from free memory")
+    p.add_argument("--images-per-task", type=int, default=64)
+    p.add_argument("--compile", action="store_true", help="torch.compile the teacher")
+    p.add_argument("--encoder-batches", type=int, nargs="+", default=None, help="8 32")
+    p.add_argument("--reps", type=int, default=None, help="encoder timing repeats")
+    p.add_argument("--memory-limit", default="auto")
+    p.add_argument(
+        "--settings",
+        nargs="+",
+        default=None,
+        help="serial and/or WORKERSxGPUS, e.g. serial 4x0 (default on cuda: 1x1 8x1 15x1)",
+    )
     args = p.parse_args(argv)
+    quick, cuda = args.quick, args.device.startswith("cuda")
+    args.teacher = args.teacher or ("test_vit_tiny" if quick else "dinov2_vitl14")
+    args.image_wh = args.image_wh or ("324x242" if quick else "1296x968")
+    args.scenes = args.scenes or (4 if quick else 24)
+    args.views = args.views or (3 if quick else 16)
+    args.encoder_batches = args.encoder_batches or ([2] if quick else [8, 32])
+    args.reps = args.reps or (2 if quick else 10)
+    args.settings = args.settings or (
+        ["1x1", "8x1", "15x1"] if cuda else (["serial", "1x0"] if quick else ["serial", "2x0"])
+    )
+    if args.batch_size is None and not cuda:
+        args.batch_size = 8
     import os
 
     print(f"bench_prep: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     t0 = time.perf_counter()
-    res = {"geometry": bench_geometry(args.quick)}
-    if not args.skip_scaling:
+    res: dict = {}
+    if not args.skip_geometry:
+        res["geometry"] = bench_geometry(quick)
+    if not args.skip_end_to_end:
         with tempfile.TemporaryDirectory() as d:
-            res["scaling"] = bench_scaling(args.quick, Path(d))
-    print(
-        f"\nsummary: voxelize+correspond {res['geometry']['speedup']:.1f}x the numpy baseline"
-        + (
-            f"; 1 -> 2 Dask workers {res['scaling']['ratio']:.2f}x scenes/s"
-            if "scaling" in res
-            else ""
-        )
-        + f" ({time.perf_counter() - t0:.0f} s)"
-    )
+            res["end_to_end"] = bench_end_to_end(args, Path(d))
+    parts = []
+    if "geometry" in res:
+        parts.append(f"voxelize+correspond {res['geometry']['speedup']:.1f}x the numpy baseline")
+    if "end_to_end" in res:
+        e = res["end_to_end"]
+        best_enc = max(v["encoder_img_s"] for v in e["encoder"].values())
+        for k, v in e["settings"].items():
+            parts.append(
+                f"{k}: {v['img_s']:.1f} img/s = {v['img_s'] / best_enc:.2f}x the encoder alone"
+            )
+    print(f"\nsummary: {'; '.join(parts)} ({time.perf_counter() - t0:.0f} s)")
     return res
 
 

@@ -125,6 +125,11 @@ class DaskExecutor:
             self.client.register_plugin(_worker_setup_plugin())
         return self
 
+    @property
+    def resources(self) -> Any:
+        """The ``StageResources`` of the connected cluster (where each stage may run)."""
+        return self._cluster.resources
+
     def __exit__(self, *exc: object) -> None:
         self._depth -= 1
         if self._depth == 0:
