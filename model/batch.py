@@ -28,7 +28,7 @@ class Sample:
     coords: Tensor
     feats: Tensor
     labels: Tensor | None = None  # int64 [N], -1 = ignore
-    point_to_voxel: Tensor | None = None  # int64 [P]: voxel row of each full-resolution point
+    point_to_voxel: Tensor | None = None  # int64 [P]: voxel row of each stored (fine) point
     corr_point: Tensor | None = None  # int64 [M]
     corr_image: Tensor | None = None  # int64 [M], index into teacher_maps
     corr_uv: Tensor | None = None  # float32 [M, 2], feature-grid (x, y)
@@ -66,7 +66,7 @@ class Batch:
     offsets: Tensor  # int64 [B+1]: voxel rows of scene b are offsets[b]:offsets[b+1]
     labels: Tensor | None = None
     point_to_voxel: Tensor | None = None  # int64 [P], rows into the batch's voxels
-    point_offsets: Tensor | None = None  # int64 [B+1] over full-resolution points
+    point_offsets: Tensor | None = None  # int64 [B+1] over the stored (fine) points
     corr_point: Tensor | None = None
     corr_image: Tensor | None = None  # index into teacher_maps (all scenes' images in order)
     corr_uv: Tensor | None = None
