@@ -38,6 +38,7 @@ __all__ = [
     "network_voxel_size",
     "run_adaptation",
     "select_scenes",
+    "selection_overlap",
 ]
 
 _TEACHER_KEYS = ("name", "arch", "weights_sha256", "dim", "tokens")
@@ -113,6 +114,12 @@ def network_voxel_size(info: CheckpointInfo, cache: Cache) -> tuple[float, list[
             f"scenes re-voxelized at the network's {size} m (cache: {cache.meta.voxel_size} m)"
         )
     return size, notes
+
+
+def selection_overlap(info: CheckpointInfo, scene_ids: list[str]) -> list[str]:
+    """The scenes to score that chose the checkpoint (its ``selected_on``), in stream order."""
+    chosen = set(info.selected_on or ())
+    return [s for s in scene_ids if s in chosen]
 
 
 def select_scenes(cache: Cache, cfg: AdaptConfig) -> list[str]:
@@ -222,6 +229,17 @@ def _run(
     backend = resolve_backend(cfg.backend or info.backend, device)
     echo(backend_line(backend, cfg.backend, device, "fp32"))
     scene_ids = select_scenes(cache, cfg)
+    reused = selection_overlap(info, scene_ids)
+    if reused:
+        warning = (
+            f"warning: {len(reused)} of the {len(scene_ids)} scored scene(s) chose this "
+            f"checkpoint (its best validation score): {', '.join(reused[:5])}"
+            f"{', ...' if len(reused) > 5 else ''}; scores on them are optimistic. Use a "
+            "checkpoint selected on held-out training scenes (tttkd-train --val-fraction) "
+            "or last.safetensors"
+        )
+        echo(warning)
+        notes.append(warning)
     methods: dict[str, Method] = {m: make_method(m, net, cfg) for m in cfg.methods}
     evaluators = {m: Evaluator(mapping) for m in cfg.methods}
     per_scene: dict[str, dict[str, dict]] = {m: {} for m in cfg.methods}
@@ -327,6 +345,8 @@ def _run(
             "arch": info.arch.get("name"),
             "backend": backend,
             "teacher": info.teacher_spec.get("name"),
+            "selected_on": info.selected_on,
+            "scored_scenes_that_selected_it": reused,
         },
         evaluation=mapping.to_dict(),
         scenes=scene_ids,

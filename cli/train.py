@@ -25,6 +25,7 @@ def _named_overrides(**opts) -> list[str]:
         "batch_size": "data.batch_size",
         "train_split": "data.train_split",
         "val_split": "data.val_split",
+        "val_fraction": "data.val_fraction",
         "voxel_size": "data.voxel_size",
         "max_images": "data.max_images",
         "arch": "model.arch",
@@ -74,8 +75,16 @@ def _named_overrides(**opts) -> list[str]:
 @click.option("--epochs", type=int)
 @click.option("--batch-size", type=int, help="scenes per step and process")
 @click.option("--train-split")
-@click.option("--val-split")
-@click.option("--no-val", is_flag=True, help="no validation (best = last)")
+@click.option(
+    "--val-fraction",
+    type=float,
+    help="validate on this seeded share of the TRAINING scenes, held out from training "
+    "(recorded in RUN/selection.json and best.safetensors); default: no validation",
+)
+@click.option(
+    "--val-split", help="validate on this split (never the split you report: best is chosen on it)"
+)
+@click.option("--no-val", is_flag=True, help="no validation (best = last), the default")
 @click.option("--full-res-val", is_flag=True, help="also score every original point")
 @click.option("--voxel-size", type=float, help="default: the cache's")
 @click.option("--max-images", type=int, help="images per scene per step (0 = all)")

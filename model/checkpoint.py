@@ -54,6 +54,9 @@ class CheckpointInfo:
     config: dict[str, Any]
     format: int = CHECKPOINT_FORMAT
     mae: dict[str, Any] | None = None  # the MAE head's MAEConfig (tttkd-train --ssl mae)
+    # the scenes whose validation score chose this checkpoint ([] for none: last, or no
+    # validation); None: written before this was recorded (unknown)
+    selected_on: list[str] | None = None
 
 
 def _as_dict(obj: Any) -> dict[str, Any]:
@@ -71,8 +74,12 @@ def save_checkpoint(
     teacher_spec: Mapping[str, Any] | Any,
     config: Mapping[str, Any] | Any,
     backend: str | None = None,
+    selected_on: Sequence[str] = (),
 ) -> CheckpointInfo:
-    """Write ``net``'s weights and metadata to ``path`` (a ``.safetensors`` file)."""
+    """Write ``net``'s weights and metadata to ``path`` (a ``.safetensors`` file).
+
+    ``selected_on``: the scenes whose validation score chose this checkpoint (adapt warns
+    when it scores one of them)."""
     from safetensors.torch import save_file
 
     if len(class_names) != net.num_classes:
@@ -95,6 +102,7 @@ def save_checkpoint(
         teacher_spec=spec,
         config=_as_dict(config),
         mae=net.mae_head.config.to_dict() if net.mae_head is not None else None,
+        selected_on=list(selected_on),
     )
     state = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
     meta = json.dumps(dataclasses.asdict(info), default=str, sort_keys=True)

@@ -120,7 +120,11 @@ class AugmentConfig:
 class DataConfig:
     voxel_size: float | None = None  # None: the cache's voxel size (4 cm by default)
     train_split: str = "train"
-    val_split: str | None = "val"  # None: no validation (best = last)
+    # best.safetensors is chosen on validation; it must never be the split that is reported
+    # (ScanNet val, S3DIS Area 5): hold out val_fraction of the train_split's scenes (seeded
+    # by seed, model/selection.py), or name another split. Neither: best = last.
+    val_split: str | None = None
+    val_fraction: float = 0.0
     batch_size: int = 8  # scenes per step and process (our choice)
     max_images: int = 8  # images read per scene per step (random subset); 0 = all
     val_full_resolution: bool = False  # also score every original point (voxel_of_point)
@@ -359,6 +363,12 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.data.voxel_size is None or cfg.data.voxel_size > 0, "data.voxel_size", "> 0"),
         (cfg.data.batch_size >= 1, "data.batch_size", "must be >= 1"),
         (cfg.data.max_images >= 0, "data.max_images", "must be >= 0 (0 = all)"),
+        (0 <= cfg.data.val_fraction < 1, "data.val_fraction", "must lie in [0, 1)"),
+        (
+            cfg.data.val_fraction == 0 or cfg.data.val_split is None,
+            "data.val_fraction",
+            "validates on held-out training scenes: set data.val_split=null with it",
+        ),
         (cfg.augment.scale[0] <= cfg.augment.scale[1], "augment.scale", "needs min <= max"),
         (
             len(cfg.augment.elastic_granularity) == len(cfg.augment.elastic_magnitude),

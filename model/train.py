@@ -11,6 +11,7 @@ the scenes, validation confusion matrices are summed over ranks, and only rank 0
 Run folder::
 
     config.yaml  log.jsonl  last.safetensors  best.safetensors  train_state.pt
+    selection.json (the scenes best.safetensors is chosen on, model/selection.py)
     epoch_NNNN.safetensors (runtime.keep_every > 0)  tensorboard/ (when installed)
 """
 
@@ -40,6 +41,7 @@ from tttkd.model.distributed import (
 from tttkd.model.losses import distillation_loss_from_targets, sample_teacher, segmentation_loss
 from tttkd.model.mae import patch_mask, reconstruction_loss
 from tttkd.model.runlog import RunLog
+from tttkd.model.selection import write_selection
 from tttkd.model.sparse.base import SparseContext
 from tttkd.model.sparse.select import backend_line
 from tttkd.model.train_setup import (
@@ -143,6 +145,9 @@ def train(
         model = DDP(net, device_ids=[device.index] if device.type == "cuda" else None)
 
     train_set, val_set = make_datasets(cfg, cache_url, storage_options)
+    selected_on = list(val_set.scene_ids) if val_set is not None else []
+    if info.is_main:
+        write_selection(out, cfg, selected_on)
     loader, sampler = train_loader(train_set, cfg, info, device)
     steps_per_epoch = len(loader)
     params = [p for p in net.parameters() if p.requires_grad]
@@ -195,8 +200,9 @@ def train(
         rec["seconds"] = round(time.perf_counter() - t0, 3)
         if info.is_main:
             best = _save_epoch(
-                out, net, cfg, meta, backend, rec, best, epoch, optimizer, scheduler, global_step
-            )
+                out, net, cfg, meta, backend, rec, best, epoch, optimizer, scheduler, global_step,
+                selected_on,
+            )  # fmt: skip
             rec["best"] = dict(best)
             log.write("epoch", **rec)
             log.scalars("train", stats, global_step)
@@ -319,8 +325,12 @@ def _checksums(net: nn.Module, info: DistInfo) -> list[float]:
     return t.tolist()
 
 
-def _save_epoch(out, net, cfg, meta, backend, rec, best, epoch, optimizer, scheduler, step) -> dict:
-    """last (+ epoch copy, + best) checkpoint, then the resume state; returns the new best."""
+def _save_epoch(
+    out, net, cfg, meta, backend, rec, best, epoch, optimizer, scheduler, step, selected_on
+) -> dict:
+    """last (+ epoch copy, + best) checkpoint, then the resume state; returns the new best.
+
+    best records the scenes it was chosen on (``selected_on``; none without validation)."""
     kw = dict(
         label_set=meta.label_set,
         class_names=list(meta.class_names),
@@ -333,14 +343,17 @@ def _save_epoch(out, net, cfg, meta, backend, rec, best, epoch, optimizer, sched
     if cfg.runtime.keep_every and (epoch + 1) % cfg.runtime.keep_every == 0:
         shutil.copyfile(last, out / f"epoch_{epoch + 1:04d}.safetensors")
     miou = rec.get("val", {}).get("voxel", {}).get("miou") if "val" in rec else None
-    improved = cfg.data.val_split is None or (
+    improved = not selected_on or (
         miou is not None
         and not math.isnan(miou)
         and (best.get("miou") is None or miou > best["miou"])
     )
     if improved:
         best = {"miou": miou, "epoch": epoch + 1}
-        shutil.copyfile(last, out / "best.safetensors")
+        if miou is None:  # no validation: best is last, chosen on no scene
+            shutil.copyfile(last, out / "best.safetensors")
+        else:
+            save_checkpoint(out / "best.safetensors", net, **kw, selected_on=selected_on)
     save_train_state(
         out / STATE_FILE,
         optimizer=optimizer,

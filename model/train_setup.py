@@ -135,6 +135,15 @@ def make_datasets(
     cfg: TrainConfig, cache_url: str, storage_options: dict | None
 ) -> tuple[CacheSceneDataset, CacheSceneDataset | None]:
     d = cfg.data
+    train_ids = val_ids = None
+    if d.val_fraction > 0:  # validate on held-out training scenes (model/selection.py)
+        from tttkd.model.selection import held_out_scenes
+        from tttkd.pipeline.cache import Cache
+
+        cache = Cache.open(cache_url, read_only=True, storage_options=storage_options)
+        every = cache.scene_ids(d.train_split)
+        val_ids = held_out_scenes(every, d.val_fraction, cfg.seed) if every else None
+        train_ids = [s for s in every if s not in set(val_ids or ())] or None
     train_set = CacheSceneDataset(
         cache_url,
         d.train_split,
@@ -144,16 +153,18 @@ def make_datasets(
         max_images=d.max_images,
         with_images=cfg.loss.kd,  # Source-Only reads no image at all
         seed=cfg.seed,
+        scene_ids=train_ids,
         storage_options=storage_options,
     )
-    if d.val_split is None:
+    if d.val_split is None and val_ids is None:
         return train_set, None
     val_set = CacheSceneDataset(
         cache_url,
-        d.val_split,
+        d.val_split or d.train_split,
         voxel_size=d.voxel_size,
         train=False,
         full_resolution=d.val_full_resolution,
+        scene_ids=val_ids,
         storage_options=storage_options,
     )
     return train_set, val_set

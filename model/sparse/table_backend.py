@@ -125,17 +125,22 @@ def _gather_gemm(src: Tensor, table: Tensor, weight2d: Tensor) -> Tensor:
 
 
 def _grad_weight(x: Tensor, table: Tensor, grad_out: Tensor) -> Tensor:
-    """``sum over rows of gathered^T @ grad_out`` as ``[K * C_in, C_out]``, chunked."""
+    """``sum over rows of gathered^T @ grad_out`` as ``[K * C_in, C_out]``, chunked.
+
+    Chunks are summed in float32 (bf16 partial sums would lose the small ones).
+    """
     n, k = table.shape
     c = x.shape[1]
     padded = torch.cat([x, x.new_zeros((1, c))])
-    acc = x.new_zeros((k * c, grad_out.shape[1]))
     step = max(1, CHUNK_ELEMENTS // max(1, k * c))
+    if step >= n:  # one chunk (the common case): no accumulator
+        return padded.index_select(0, table.reshape(-1)).view(-1, k * c).t() @ grad_out
+    acc = torch.zeros((k * c, grad_out.shape[1]), dtype=torch.float32, device=x.device)
     for start in range(0, n, step):
         idx = table[start : start + step].reshape(-1)
         g = padded.index_select(0, idx).view(-1, k * c)
-        acc.addmm_(g.t(), grad_out[start : start + step])
-    return acc
+        acc += (g.t() @ grad_out[start : start + step]).float()
+    return acc.to(x.dtype)
 
 
 class _TableConvFn(torch.autograd.Function):

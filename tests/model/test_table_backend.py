@@ -41,13 +41,14 @@ def test_conv_equals_reference_on_random_scenes(seed, op):
 
 def test_chunked_rows_give_the_same_result(monkeypatch):
     coords = mixed_scene(3, n=900)
-    feats = torch.randn(coords.shape[0], 3)
-    weight = torch.randn(27, 3, 5)
+    g = torch.Generator().manual_seed(3)
+    feats = torch.randn(coords.shape[0], 3, generator=g)
+    weight = torch.randn(27, 3, 5, generator=g)
     whole = run_conv_op("table", coords, feats, weight, (3, 1, False))
     monkeypatch.setattr(table_backend, "CHUNK_ELEMENTS", 7 * 27 * 3)  # 7 rows per chunk
     chunked = run_conv_op("table", coords, feats, weight, (3, 1, False))
     for a, b in zip(whole, chunked):
-        _close(b, a, "chunked", rtol=1e-6)
+        _close(b, a, "chunked", rtol=1e-5)  # only the summation order differs
 
 
 def _net_step(net, coords, feats, backend: str):

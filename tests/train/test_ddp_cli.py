@@ -69,6 +69,7 @@ def test_ddp_two_cpu_processes(train_cache, tiny_sets, tmp_path):
         "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
         "-m", "tttkd.cli.train", "--cache", train_cache, "--out", str(out),
         *_sets(tiny_sets), "--epochs", "2", "--set", "data.batch_size=1", "--full-res-val",
+        "--val-split", "val",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)

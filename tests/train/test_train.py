@@ -87,7 +87,8 @@ def test_resume_is_exact(train_cache, tiny_sets, tmp_path):
 
 
 def test_no_kd_is_source_only(train_cache, tiny_sets, tmp_path):
-    res = run(train_cache, tmp_path / "so", tiny_sets + ["epochs=1", "loss.kd=false"])
+    sets = tiny_sets + ["epochs=1", "loss.kd=false", "data.val_split=val"]
+    res = run(train_cache, tmp_path / "so", sets)
     assert res.history[0]["train"]["loss_kd"] == 0.0
     net, info = load_checkpoint(tmp_path / "so" / "last.safetensors")
     assert info.config["loss"]["kd"] is False
