@@ -345,26 +345,41 @@ def _prep_cmd(root: Path, out: Path, *extra: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_sigkill_then_rerun_redoes_nothing_complete(dataset, tmp_path):
+@pytest.mark.parametrize(
+    "extra",
+    [(), ("--workers", "1", "--memory-limit", "2GB", "--images-per-task", "3")],
+    ids=["serial", "cluster"],
+)
+def test_sigkill_then_rerun_redoes_nothing_complete(dataset, tmp_path, extra):
+    """SIGKILL of the main process (with a cluster, its worker processes then die too, as a
+    batch system kills a job), then a rerun: nothing complete is redone, nothing is lost."""
+    import psutil
+
     root, _ = dataset
     out = tmp_path / "feats.zarr"
-    proc = subprocess.Popen(_prep_cmd(root, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    cmd = _prep_cmd(root, out, *extra)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 240
+    children = []
     try:
         while not _complete(out):
             assert proc.poll() is None, f"prep ended before the kill: {proc.stderr.read()}"
             assert time.monotonic() < deadline, "no scene completed in time"
             time.sleep(0.01)
+        children = psutil.Process(proc.pid).children(recursive=True)
         os.kill(proc.pid, signal.SIGKILL)
+        for c in children:
+            c.kill()
     finally:
         proc.wait(timeout=60)
+        psutil.wait_procs(children, timeout=60)
         proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL
     survived = _complete(out)
     assert 1 <= len(survived) < N_SCENES, "the kill must land mid-run"
     cache = Cache.open(str(out), read_only=True)
     stamps = {s: cache.scene_info(s)["info"]["run"] for s in survived}
-    rerun = subprocess.run(_prep_cmd(root, out), capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     cache = Cache.open(str(out), read_only=True)
     assert len(cache.scene_ids()) == N_SCENES
