@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from tttkd.adapt.config import BN_MODES, ROTATION_PROTOCOLS, AdaptConfig
+from tttkd.cli.guard import check_backend, check_device, run_command
 
 _DEFAULT = AdaptConfig()
 
@@ -243,6 +244,7 @@ def _options(f: Callable) -> Callable:
             "--device",
             default="auto",
             show_default=True,
+            callback=check_device,
             help="auto (cuda when available), cpu, cuda, cuda:1, ...",
         ),
         click.option(
@@ -254,6 +256,7 @@ def _options(f: Callable) -> Callable:
         click.option(
             "--backend",
             default=None,
+            callback=check_backend,
             help="sparse backend auto|torch|table|spconv|minkowski (auto: the fastest verified "
             "for the device) [default: the checkpoint's]",
         ),
@@ -483,8 +486,8 @@ def sweep_cmd(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point (``tttkd-adapt``)."""
-    cli.main(args=argv, prog_name="tttkd-adapt")
+    """Console entry point (``tttkd-adapt``); ``--debug`` shows tracebacks."""
+    run_command(cli, argv, "tttkd-adapt")
 
 
 if __name__ == "__main__":

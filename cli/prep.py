@@ -13,6 +13,13 @@ from typing import Any
 
 import click
 
+from tttkd.cli.guard import (
+    FiniteFloat,
+    check_device,
+    check_label_set,
+    check_scheduler,
+    run_command,
+)
 from tttkd.pipeline.correspond import CorrespondConfig
 from tttkd.pipeline.datasets.registry import DATASETS
 
@@ -38,7 +45,11 @@ READER_OPTIONS: dict[str, list[tuple[tuple[str, ...], str, dict]]] = {
             "frames_root",
             dict(type=_PATH, help="folder of the 25k subset / export"),
         ),
-        (("--frame-stride",), "frame_stride", dict(type=int, help="keep every k-th .sens frame")),
+        (
+            ("--frame-stride",),
+            "frame_stride",
+            dict(type=click.IntRange(min=1), help="keep every k-th .sens frame"),
+        ),
         (("--labels-tsv",), "labels_tsv", dict(type=_PATH, help="scannetv2-labels.combined.tsv")),
         (("--splits-dir",), "splits_dir", dict(type=_PATH, help="folder of scannetv2_*.txt")),
     ],
@@ -154,7 +165,13 @@ def _common(f: Callable) -> Callable:
             default=None,
             help="teacher input short side in px (default: the teacher's, 448 for ViTs)",
         ),
-        click.option("--device", default="cpu", show_default=True, help="teacher device"),
+        click.option(
+            "--device",
+            default="cpu",
+            show_default=True,
+            callback=check_device,
+            help="teacher device (cpu, cuda, cuda:N)",
+        ),
         click.option(
             "--batch-size",
             type=click.IntRange(min=1),
@@ -175,11 +192,15 @@ def _common(f: Callable) -> Callable:
             help="torch.compile the teacher (compile time per worker; speed-up unmeasured)",
         ),
         click.option(
-            "--voxel-size", type=float, default=0.04, show_default=True, help="network voxel, m"
+            "--voxel-size",
+            type=FiniteFloat(0, open=True),
+            default=0.04,
+            show_default=True,
+            help="network voxel, m",
         ),
         click.option(
             "--point-voxel-size",
-            type=float,
+            type=FiniteFloat(0, open=True),
             default=None,
             help="grid the cache keeps points on, m (default: voxel size / 4; consumers "
             "voxelize after augmenting, so finer points leave no holes in rotated views)",
@@ -191,7 +212,12 @@ def _common(f: Callable) -> Callable:
             show_default=True,
             help="voxel label",
         ),
-        click.option("--label-set", default=None, help="scannet20 / s3dis13 / matterport21"),
+        click.option(
+            "--label-set",
+            default=None,
+            callback=check_label_set,
+            help="scannet20 / s3dis13 / matterport21",
+        ),
         click.option(
             "--max-images",
             type=click.IntRange(min=0),
@@ -208,21 +234,21 @@ def _common(f: Callable) -> Callable:
         ),
         click.option(
             "--depth-abs-tol",
-            type=float,
+            type=FiniteFloat(0),
             default=c.depth_abs_tol,
             show_default=True,
             help="occlusion test: metres",
         ),
         click.option(
             "--depth-rel-tol",
-            type=float,
+            type=FiniteFloat(0),
             default=c.depth_rel_tol,
             show_default=True,
             help="occlusion test: fraction of the depth",
         ),
         click.option(
             "--zbuffer-cell-px",
-            type=float,
+            type=FiniteFloat(0, open=True),
             default=None,
             help="z-buffer cell for frames without depth (default: automatic)",
         ),
@@ -283,6 +309,8 @@ def _prep(dataset: str, reader_options: dict, **kw: Any) -> None:
     workers, scheduler = kw.pop("workers"), kw.pop("scheduler")
     if workers is not None and scheduler is not None:
         raise click.UsageError("give --workers or --scheduler, not both")
+    if scheduler is not None and not kw.get("dry_run"):
+        check_scheduler(scheduler)  # seconds, not a hang, when nobody listens there
     memory_limit, dashboard = kw.pop("memory_limit"), kw.pop("dashboard")
     gpus = kw.pop("gpus")
     if gpus is not None and workers is None:
@@ -401,8 +429,8 @@ cli.add_command(verify_cmd)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point (``tttkd-prep``)."""
-    cli.main(args=argv, prog_name="tttkd-prep")
+    """Console entry point (``tttkd-prep``); ``--debug`` shows tracebacks."""
+    run_command(cli, argv, "tttkd-prep")
 
 
 if __name__ == "__main__":

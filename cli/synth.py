@@ -14,6 +14,8 @@ from typing import Any
 
 import click
 
+from tttkd.cli.guard import run_command
+
 # dataset -> (writer module, function); imported only when asked for.
 WRITERS = {
     "scannet": ("tttkd.pipeline.synthetic.scannet_writer", "write_scannet_dataset"),
@@ -132,7 +134,7 @@ def _describe(truth: Any) -> str:
     type=click.Choice(["sens", "25k", "exported"]),
     help="ScanNet frame forms to write (repeat; default all three)",
 )
-def main(
+def cli(
     dataset: str,
     out: Path,
     scenes: int,
@@ -167,6 +169,11 @@ def main(
     if reader_root is not None:
         click.echo(f"reader root: {reader_root}")
     click.echo(f"{len(files)} files, {size / 1e6:.1f} MB in total")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point (``tttkd-synth``); ``--debug`` shows tracebacks."""
+    run_command(cli, argv, "tttkd-synth")
 
 
 if __name__ == "__main__":

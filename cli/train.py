@@ -16,6 +16,8 @@ from pathlib import Path
 
 import click
 
+from tttkd.cli.guard import check_arch, check_backend, check_device, run_command
+
 __all__ = ["main"]
 
 
@@ -88,9 +90,11 @@ def _named_overrides(**opts) -> list[str]:
 @click.option("--full-res-val", is_flag=True, help="also score every original point")
 @click.option("--voxel-size", type=float, help="default: the cache's")
 @click.option("--max-images", type=int, help="images per scene per step (0 = all)")
-@click.option("--arch", help="minkunet34c | minkunet18a | minkunet14a | minkunet_test")
-@click.option("--backend", help="auto | torch | spconv | minkowski")
-@click.option("--device", help="auto | cpu | cuda")
+@click.option(
+    "--arch", callback=check_arch, help="minkunet34c | minkunet18a | minkunet14a | minkunet_test"
+)
+@click.option("--backend", callback=check_backend, help="auto | torch | spconv | minkowski")
+@click.option("--device", callback=check_device, help="auto | cpu | cuda | cuda:N")
 @click.option("--num-workers", type=int)
 @click.option("--seed", type=int)
 @click.option("--lr", type=float, help="maximum learning rate")
@@ -131,9 +135,9 @@ def cli(
         click.echo(f"best: epoch {best['epoch']} (val mIoU {best.get('miou')}); run in {out_dir}")
 
 
-def main() -> None:
-    """Console entry point (``tttkd-train``)."""
-    cli()
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point (``tttkd-train``); ``--debug`` shows tracebacks."""
+    run_command(cli, argv, "tttkd-train")
 
 
 if __name__ == "__main__":  # torchrun -m tttkd.cli.train

@@ -133,6 +133,9 @@ def train(
     if resume:
         from safetensors.torch import load_file
 
+        from tttkd.model.checkpoint import read_checkpoint_info
+
+        read_checkpoint_info(out / "last.safetensors")  # a damaged file: an error naming it
         net.load_state_dict(load_file(str(out / "last.safetensors")), strict=True)
         state = load_train_state(out / STATE_FILE)
     if cfg.model.sync_bn and info.enabled:

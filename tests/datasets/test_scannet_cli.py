@@ -12,7 +12,7 @@ def test_synth_scannet_writes_a_readable_root(tmp_path) -> None:
     out = tmp_path / "scannet"
     args = ["scannet", "--out", str(out), "--scenes", "1", "--views", "1"]
     args += ["--image-size", "64x48", "--frames", "sens", "--domain", "target", "--seed", "4"]
-    res = CliRunner().invoke(synth.main, args)
+    res = CliRunner().invoke(synth.cli, args)
     assert res.exit_code == 0, res.output
     assert "scene0000_00: split train" in res.output and "1 posed frames" in res.output
     assert not (out / "scannet_frames_25k").exists()  # only the .sens was asked for
@@ -25,8 +25,8 @@ def test_synth_scannet_writes_a_readable_root(tmp_path) -> None:
 
 def test_synth_bad_options_and_missing_writer(tmp_path, monkeypatch) -> None:
     runner = CliRunner()
-    res = runner.invoke(synth.main, ["scannet", "--out", str(tmp_path), "--image-size", "64"])
+    res = runner.invoke(synth.cli, ["scannet", "--out", str(tmp_path), "--image-size", "64"])
     assert res.exit_code == 2 and "WxH" in res.output
     monkeypatch.setitem(synth.WRITERS, "s3dis", ("tttkd.pipeline.synthetic.nope", "write"))
-    res = runner.invoke(synth.main, ["s3dis", "--out", str(tmp_path / "s")])
+    res = runner.invoke(synth.cli, ["s3dis", "--out", str(tmp_path / "s")])
     assert res.exit_code == 1 and "not available" in res.output
