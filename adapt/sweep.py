@@ -7,7 +7,11 @@ Panels (each a sweep over one option, every point a full ``run_adaptation``):
 curve per momentum. ``source`` is run once per cache (no swept option changes it). Every
 point keeps its own results.json under ``runs/``. ``method`` (``--method``) swaps TTT-KD for
 another TTT method in ``steps``/``momentum``/``teacher`` (``ttt-mae``), or sweeps
-``adacontrast``'s steps per scene (``ac_steps``) in ``steps``.
+``adacontrast``'s steps per scene (``ac_steps``) in ``steps``. ``lr`` (f) the TTT learning rate.
+
+Tuning must not see the scenes that are reported: ``dev_scenes`` (``--dev-scenes``) runs every
+point on a development subset only (listed ids, or a seeded N of the selected scenes) and
+writes ``dev_scenes.json`` with that subset and the scenes left to report on.
 """
 
 from __future__ import annotations
@@ -22,15 +26,24 @@ from tttkd.adapt.config import AdaptConfig, AdaptConfigError
 from tttkd.adapt.report import write_json
 from tttkd.adapt.runner import run_adaptation
 
-__all__ = ["SWEEPS", "SweepPoint", "TeacherPair", "plot_sweeps", "run_sweeps", "write_sweep_csv"]
+__all__ = [
+    "SWEEPS",
+    "SweepPoint",
+    "TeacherPair",
+    "plot_sweeps",
+    "run_sweeps",
+    "split_dev_scenes",
+    "write_sweep_csv",
+]
 
-SWEEPS: tuple[str, ...] = ("steps", "images", "teacher", "stride", "momentum")
+SWEEPS: tuple[str, ...] = ("steps", "images", "teacher", "stride", "momentum", "lr")
 SWEEP_METHODS: tuple[str, ...] = ("ttt-kd", "ttt-mae", "adacontrast")
 DEFAULT_VALUES: dict[str, tuple[float, ...]] = {
     "steps": (1, 5, 10, 50, 100, 200),
     "images": (1, 2, 5, 10, 20, 50),
     "stride": (1, 2, 5, 10),
     "momentum": (0.0, 0.9),
+    "lr": (0.1, 0.3, 1.0),
 }
 
 
@@ -95,9 +108,14 @@ def run_sweeps(
     echo: Callable[[str], None] = print,
     progress: bool = False,
     method: str = "ttt-kd",
+    dev_scenes: Sequence[str] | int | None = None,
 ) -> list[SweepPoint]:
-    """Run the requested sweeps; writes ``runs/<sweep>_<value>/results.json`` per point."""
+    """Run the requested sweeps; writes ``runs/<sweep>_<value>/results.json`` per point.
+
+    ``dev_scenes``: tune on these scene ids (or a seeded N of the selected scenes) only."""
     out = Path(out)
+    if dev_scenes is not None:
+        base = base.with_(scenes=tuple(split_dev_scenes(base, cache, dev_scenes, out, echo)))
     values = {**DEFAULT_VALUES, **(values or {})}
     unknown = [s for s in sweeps if s not in SWEEPS]
     if unknown:
@@ -123,7 +141,7 @@ def run_sweeps(
         return res
 
     source = None
-    if any(s in sweeps for s in ("steps", "images", "stride", "momentum")):
+    if any(s in sweeps for s in ("steps", "images", "stride", "momentum", "lr")):
         src_cfg = base.with_(methods=("source",))
         source = run("source", src_cfg)
         rows += _points("source", "-", source, src_cfg, "")
@@ -148,6 +166,8 @@ def run_sweeps(
                 cfg = base.with_(methods=(method,), steps=int(v))
             elif sweep == "images":
                 cfg = base.with_(methods=("ttt-kd",), max_images=int(v))
+            elif sweep == "lr":
+                cfg = base.with_(methods=(method,), lr=float(v))
             else:  # stride
                 cfg = base.with_(methods=("ttt-kd-online",), stride=int(v))
             res = run(f"{sweep}_{v:g}", cfg)
@@ -155,6 +175,47 @@ def run_sweeps(
     write_sweep_csv(rows, out / "sweep.csv")
     plot_sweeps(rows, out)
     return rows
+
+
+def split_dev_scenes(
+    base: AdaptConfig,
+    cache: str,
+    dev: Sequence[str] | int,
+    out: Path,
+    echo: Callable[[str], None] = print,
+) -> list[str]:
+    """The development scenes (ids, or a seeded ``dev`` of the selected ones); records them
+    and the scenes left to report on in ``out/dev_scenes.json``."""
+    import numpy as np
+
+    from tttkd.adapt.runner import select_scenes
+    from tttkd.pipeline.cache import Cache
+
+    pool = select_scenes(Cache.open(cache, read_only=True), base)
+    if isinstance(dev, int):
+        if not 1 <= dev < len(pool):
+            raise AdaptConfigError(
+                f"--dev-scenes {dev}: choose between 1 and {len(pool) - 1} of the "
+                f"{len(pool)} selected scenes (the rest are the ones to report)"
+            )
+        rng = np.random.default_rng(base.seed)
+        chosen = sorted(pool[int(i)] for i in rng.choice(len(pool), size=dev, replace=False))
+    else:
+        chosen = list(dev)
+        missing = [s for s in chosen if s not in set(pool)]
+        if missing:
+            raise AdaptConfigError(
+                f"--dev-scenes {missing} are not among the {len(pool)} selected scenes of the "
+                f"cache {cache} (--split / --scenes)"
+            )
+    report = [s for s in pool if s not in set(chosen)]
+    Path(out).mkdir(parents=True, exist_ok=True)
+    write_json({"dev_scenes": chosen, "report_on": report}, Path(out) / "dev_scenes.json")
+    echo(
+        f"tuning on {len(chosen)} development scene(s); report on the other {len(report)} "
+        f"(listed in {Path(out) / 'dev_scenes.json'}), never on these"
+    )
+    return chosen
 
 
 def write_sweep_csv(rows: Sequence[SweepPoint], path: Path) -> None:
@@ -177,7 +238,7 @@ def plot_sweeps(rows: Sequence[SweepPoint], out: Path) -> Path | None:
     plt = pyplot()
     src = next((r.miou for r in rows if r.sweep == "source" and r.miou is not None), None)
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
-    letters = dict(zip(SWEEPS, "abcde"))
+    letters = dict(zip(SWEEPS, "abcdef"))
     for ax, sweep in zip(axes[0], panels):
         pts = [r for r in rows if r.sweep == sweep]
         ax.set_title(f"({letters[sweep]}) {sweep}")
@@ -215,6 +276,7 @@ def plot_sweeps(rows: Sequence[SweepPoint], out: Path) -> Path | None:
                     "steps": "TTT steps",
                     "images": "images per scene",
                     "stride": "stride (scenes per update)",
+                    "lr": "TTT learning rate",
                 }[sweep]
             )
             if sweep == "stride":

@@ -325,6 +325,13 @@ def _config(methods: tuple[str, ...], kw: dict[str, Any], **extra: Any) -> Adapt
     )
 
 
+def _dev_scenes(value: str | None) -> tuple[str, ...] | int | None:
+    """``--dev-scenes``: N (a seeded subset of that size) or scene ids."""
+    if value is None:
+        return None
+    return int(value) if value.strip().isdigit() else _csv(value)
+
+
 def _need(kw: dict[str, Any], *names: str) -> None:
     missing = [f"--{n}" for n in names if not kw.get(n)]
     if missing:
@@ -407,7 +414,13 @@ def cli(
     "--over",
     default="steps",
     show_default=True,
-    help="comma-separated sweeps: steps, images, teacher, stride, momentum",
+    help="comma-separated sweeps: steps, images, teacher, stride, momentum, lr",
+)
+@click.option(
+    "--dev-scenes",
+    default=None,
+    help="tune on development scenes only: comma-separated ids, or N for a seeded N of the "
+    "selected scenes; dev_scenes.json lists them and the scenes left to report on",
 )
 @click.option(
     "--method",
@@ -441,6 +454,7 @@ def sweep_cmd(
     value_specs: tuple[str, ...],
     momentum_steps: str,
     teachers: tuple[str, ...],
+    dev_scenes: str | None,
     **kw: Any,
 ) -> None:
     """Figure-1 ablations: one run per value; figure1.png + sweep.csv in --out."""
@@ -478,6 +492,7 @@ def sweep_cmd(
             echo=click.echo,
             progress=kw["progress"],
             method=sweep_method,
+            dev_scenes=_dev_scenes(dev_scenes),
         )
     except _errors() as e:
         raise click.ClickException(str(e)) from e
