@@ -224,7 +224,7 @@ def _prep(tmp: Path, scenes: int, spacing: float) -> str:
         root,
         scenes,
         frames=("25k",),
-        splits=["val"],
+        splits=["val"] * scenes,
         views_per_scene=3,
         domain=Domain(spacing=spacing),
     )
@@ -356,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--spacing", type=float, default=0.02, help="synthetic point spacing (m)")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats [10; quick: 2]")
     p.add_argument("--skip-adapt", action="store_true", help="only the in-memory room figures")
+    p.add_argument("--skip-network", action="store_true", help="only the tttkd-adapt figures")
     p.add_argument("--out", type=Path, default=None, help="write the markdown table here")
     args = p.parse_args(argv)
     args.argv = list(argv) if argv is not None else __import__("sys").argv[1:]
@@ -377,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     b = Bench(device, args)
     backends, refused = _backends(args, device)
     b.rows.extend(refused)
-    bench_network(b, backends)
+    if not args.skip_network:
+        bench_network(b, backends)
     if not args.skip_adapt:
         with tempfile.TemporaryDirectory() as d:
             bench_adapt(b, backends, Path(d))

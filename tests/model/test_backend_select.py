@@ -114,3 +114,15 @@ def test_backend_line_says_backend_device_and_precision():
         "precision: bf16 autocast"
     )
     assert "(checkpoint's, reference)" in select.backend_line("torch", None, "cpu", "fp32")
+
+
+def test_training_resolves_through_the_same_rule_with_config_errors(monkeypatch):
+    from tttkd.model.config import ConfigError
+    from tttkd.model.train_setup import resolve_backend
+
+    assert resolve_backend("auto", torch.device("cpu")) == "torch"
+    with pytest.raises(ConfigError, match="runtime.backend: unknown sparse backend"):
+        resolve_backend("cuda-magic", torch.device("cpu"))
+    monkeypatch.setitem(base._BACKENDS, "table", _Crashes())
+    with pytest.raises(ConfigError, match="failed its start-up check"):
+        resolve_backend("table", torch.device("cpu"))
