@@ -6,6 +6,9 @@ The target domain shifts the reconstructed POINT colours (hue +60 degrees, satur
 noise 0.04) while its camera images stay clean: a 3D-only model trained on the source is
 hurt, and a teacher that looks at the images is not. Both roots are written in ScanNet's exact
 on-disk format and read back by the real reader, so the benchmark exercises the whole product.
+
+Settings (the demo's TTT lr) are chosen on a DEVELOPMENT domain, never on the reported target
+rooms: other rooms (their own seed stream) with the target's shift, written like the target.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from tttkd.pipeline.synthetic.domain import SOURCE, TARGET, Domain
 from tttkd.pipeline.synthetic.scannet_writer import write_scannet_dataset
 
 FURNITURE = ("bed", "bookshelf", "table", "cabinet", "refrigerator", "otherfurniture")
+DEV_SEED = 1_000_003  # development rooms' seed offset: far from source/target's 2 seed + 1, 2
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,8 @@ class ShiftBenchmark:
     target_scenes: int
     source: Domain
     target: Domain
+    dev_root: Path | None = None  # split "val": development rooms (tuning), shifted as target
+    dev_scenes: int = 0
 
 
 def write_shift_benchmark(
@@ -42,22 +48,28 @@ def write_shift_benchmark(
     image_size: tuple[int, int] = (160, 120),
     source: Domain = SOURCE,
     target: Domain = TARGET,
+    dev_scenes: int = 0,
 ) -> ShiftBenchmark:
     """Write ``root/source`` (train), ``root/target`` and ``root/target_clean`` (val); idempotent.
 
     ``target_clean`` holds the same rooms as ``target`` in the source appearance, so the drop
-    from ``target_clean`` to ``target`` measures what the shift alone costs.
+    from ``target_clean`` to ``target`` measures what the shift alone costs. ``dev_scenes`` > 0
+    also writes ``root/dev`` (val): rooms of their own seed (``DEV_SEED + seed``, disjoint from
+    every source and target seed) with the target's shift, for choosing settings.
 
     A root that already holds its split file is left as it is, so a rerun of the demo reuses
     the data (delete the folder to regenerate).
     """
     root = Path(root)
     out = {}
-    for name, n, dom, split, s in (
+    domains = [
         ("source", source_scenes, source, "train", seed * 2 + 1),
         ("target", target_scenes, target, "val", seed * 2 + 2),
         ("target_clean", target_scenes, source, "val", seed * 2 + 2),
-    ):
+    ]
+    if dev_scenes > 0:
+        domains.append(("dev", dev_scenes, target, "val", DEV_SEED + seed))
+    for name, n, dom, split, s in domains:
         d = root / name
         if not (d / f"scannetv2_{split}.txt").exists():
             write_scannet_dataset(
@@ -80,4 +92,6 @@ def write_shift_benchmark(
         target_scenes,
         source,
         target,
+        out.get("dev"),
+        dev_scenes,
     )

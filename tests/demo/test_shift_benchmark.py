@@ -2,7 +2,8 @@
 
 Real parts only: ScanNet-format rooms written and read back by the real reader, a real Zarr
 cache made by tttkd-prep on a real 2-worker Dask cluster, real training and adaptation. The
-assertions are the benchmark's claims: TTT-KD recovers accuracy the colour shift destroyed,
+TTT lr and the margin come from separately seeded development rooms, never the reported ones.
+The assertions are the benchmark's claims: TTT-KD recovers accuracy the colour shift destroyed,
 with lr 0 it is exactly the joint-trained model, and a teacher whose features carry no
 information about the images (noise-demo) does not give the gain.
 """
@@ -26,11 +27,12 @@ from tttkd.pipeline.synthetic.benchmark import write_shift_benchmark
 
 pytestmark = pytest.mark.slow
 
-SOURCE_SCENES, TARGET_SCENES, EPOCHS, STEPS = 8, 3, 30, 40
-# The margin TTT-KD must clear over joint training (mIoU points); measured on this benchmark
-# with these sizes: see the README's demo section for the figures this margin is drawn from.
-MARGIN = 0.04
-TTT_LR = 0.3  # the stable lr for this network on this benchmark (cli/demo.py)
+SOURCE_SCENES, TARGET_SCENES, DEV_SCENES, EPOCHS, STEPS = 8, 3, 2, 30, 40
+# Nothing here is set on the reported (target) rooms: the TTT lr is chosen among LR_CANDIDATES
+# on separately seeded development rooms (as the demo does), and TTT-KD must keep on the target
+# rooms at least MARGIN_SHARE of the gain over joint training it showed on the development rooms.
+LR_CANDIDATES = (0.3, 1.0)
+MARGIN_SHARE = 0.5
 
 
 def _prep(root, out, teacher, executor):
@@ -56,29 +58,36 @@ def benchmark(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("shift")
     bench = write_shift_benchmark(root / "data", source_scenes=SOURCE_SCENES,
-                                  target_scenes=TARGET_SCENES, seed=0)  # fmt: skip
+                                  target_scenes=TARGET_SCENES, seed=0,
+                                  dev_scenes=DEV_SCENES)  # fmt: skip
     out = {}
     dask = DaskExecutor(2, echo=lambda *_: None)  # run_prep starts and stops the cluster
     out["src_real"] = _prep(bench.source_root, root / "src_real.zarr", "randconv-demo", dask)
     out["tgt_real"] = _prep(bench.target_root, root / "tgt_real.zarr", "randconv-demo", dask)
+    out["dev_real"] = _prep(bench.dev_root, root / "dev_real.zarr", "randconv-demo", dask)
     serial = SerialExecutor()
     out["src_noise"] = _prep(bench.source_root, root / "src_noise.zarr", "noise-demo", serial)
     out["tgt_noise"] = _prep(bench.target_root, root / "tgt_noise.zarr", "noise-demo", serial)
     out["ckpt_real"] = _train(out["src_real"], root / "run_real")
     out["ckpt_noise"] = _train(out["src_noise"], root / "run_noise")
+    dev = {lr: _adapt(out["dev_real"], out["ckpt_real"], lr)[0] for lr in LR_CANDIDATES}
+    out["lr"] = max(LR_CANDIDATES, key=lambda lr: dev[lr]["ttt-kd"])  # ties: the first
+    out["dev_gain"] = dev[out["lr"]]["ttt-kd"] - dev[out["lr"]]["source"]
+    print(f"development rooms: {dev}; lr {out['lr']} (gain {out['dev_gain']:.3f})")
     return out
 
 
-def _adapt(cache, ckpt, lr=TTT_LR):
+def _adapt(cache, ckpt, lr):
     cfg = AdaptConfig(methods=("source", "ttt-kd"), steps=STEPS, lr=lr, threads=1)
     res = run_adaptation(cfg, cache, ckpt, progress=False, echo=lambda *_: None).to_dict()
     return {m: r["overall"]["miou"] for m, r in res["methods"].items()}, res
 
 
 def test_ttt_kd_recovers_what_the_shift_destroyed(benchmark) -> None:
-    miou, _ = _adapt(benchmark["tgt_real"], benchmark["ckpt_real"])
+    miou, _ = _adapt(benchmark["tgt_real"], benchmark["ckpt_real"], benchmark["lr"])
     print(f"joint {miou['source']:.3f} -> ttt-kd {miou['ttt-kd']:.3f}")
-    assert miou["ttt-kd"] >= miou["source"] + MARGIN
+    assert benchmark["dev_gain"] > 0  # the claim holds on the rooms that chose the lr
+    assert miou["ttt-kd"] >= miou["source"] + MARGIN_SHARE * benchmark["dev_gain"]
 
 
 def test_lr_zero_is_exactly_the_joint_model(benchmark) -> None:
@@ -97,8 +106,8 @@ def assert_same_scene_scores(a: dict[str, dict], b: dict[str, dict]) -> None:
 
 
 def test_real_teacher_beats_noise_teacher(benchmark) -> None:
-    real, _ = _adapt(benchmark["tgt_real"], benchmark["ckpt_real"])
-    noise, _ = _adapt(benchmark["tgt_noise"], benchmark["ckpt_noise"])
+    real, _ = _adapt(benchmark["tgt_real"], benchmark["ckpt_real"], benchmark["lr"])
+    noise, _ = _adapt(benchmark["tgt_noise"], benchmark["ckpt_noise"], benchmark["lr"])
     print(f"ttt-kd real {real['ttt-kd']:.3f} vs noise {noise['ttt-kd']:.3f}")
     gain_real = real["ttt-kd"] - real["source"]
     gain_noise = noise["ttt-kd"] - noise["source"]
