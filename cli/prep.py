@@ -331,8 +331,11 @@ def _prep(dataset: str, reader_options: dict, **kw: Any) -> None:
         if workers is None and scheduler is None:
             executor = SerialExecutor()
         else:
-            if gpus and not config.device.startswith("cuda"):
-                raise click.UsageError("--gpus needs --device cuda")
+            if gpus and config.device != "cuda":
+                raise click.UsageError(
+                    "--gpus needs --device cuda (no index: each teacher worker sees only its "
+                    "own GPU, as cuda)"
+                )
             if gpus is None and workers is not None and config.device.startswith("cuda"):
                 import torch
 

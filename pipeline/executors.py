@@ -101,6 +101,7 @@ class DaskExecutor:
         scheduler: str | None = None,
         memory_limit: str | float | None = "auto",
         dashboard: bool = False,
+        window: int | None = None,
         echo: Callable[[str], None] = print,
     ) -> None:
         from tttkd.pipeline.cluster import Cluster
@@ -114,6 +115,7 @@ class DaskExecutor:
             echo=echo,
         )
         self.n_workers, self.gpus, self.scheduler = n_workers, gpus, scheduler
+        self.window = window  # scenes in flight (None: 2 per worker + 8)
         self.client: Any = None
         self._depth = 0  # re-entrant: an outer `with` keeps one cluster across several runs
 
@@ -167,7 +169,7 @@ class DaskExecutor:
         """The three stages as Dask futures; see ``pipeline.prep_dask``."""
         from tttkd.pipeline.prep_dask import run_dask
 
-        yield from run_dask(self.client, self._cluster.resources, jobs, size)
+        yield from run_dask(self.client, self._cluster.resources, jobs, size, self.window)
 
 
 def _lost(job: SceneJob, e: BaseException) -> SceneResult:

@@ -46,44 +46,55 @@ def _failure(job: SceneJob, e: BaseException) -> SceneResult:
 
 
 def run_dask(
-    client: Any, res: StageResources, jobs: Sequence[SceneJob], size: int
+    client: Any,
+    res: StageResources,
+    jobs: Sequence[SceneJob],
+    size: int,
+    window: int | None = None,
 ) -> Iterator[SceneResult]:
-    """Submit every CPU task, then teacher and write tasks as summaries arrive."""
+    """Keep ``window`` scenes in flight (default: 2 per worker + 8, so memory stays bounded and
+    scenes get written all along); teacher and write tasks are submitted as summaries arrive.
+
+    Priorities: the later stages of a scene before the CPU stage of a new one (Dask runs
+    higher ``priority`` first), so finished work is written before more is read.
+    """
     from distributed import as_completed
 
     if not jobs:
         return
+    if window is None:
+        window = 2 * len(client.scheduler_info(n_workers=-1).get("workers", {})) + 8
     tag = jobs[0].run_id
-    prep = client.map(
-        prepare_scene,
-        list(jobs),
-        key=[f"tttkd-cpu-{tag}-{i}" for i in range(len(jobs))],
-        pure=False,
-        resources=res.cpu,
-    )
-    summaries = [
-        client.submit(summary_of, f, key=f"tttkd-summary-{tag}-{i}", pure=False)
-        for i, f in enumerate(prep)
-    ]
-    what = {f.key: ("summary", i) for i, f in enumerate(summaries)}
-    held: dict[int, list] = {i: [f] for i, f in enumerate(prep)}  # futures to free per scene
+    prep: dict[int, Any] = {}
+    what: dict[str, tuple[str, int]] = {}
+    held: dict[int, list] = {}  # futures to free per scene
     images: dict[int, Any] = {}
     picks: dict[int, list[tuple[int, Any]]] = {}
     batcher = Batcher(size)
-    waiting = len(jobs)
+    in_cpu = 0  # scenes whose summary has not come back
     n_tasks = 0
+    next_job = 0
 
     with client.as_current():
-        pending = as_completed(summaries)
+        pending = as_completed()
+
+    def submit(fn: Any, *args: Any, key: str, **kw: Any) -> Any:
+        return client.submit(fn, *args, key=f"tttkd-{key}-{tag}", pure=False, **kw)
+
+    def start_next() -> None:
+        nonlocal next_job, in_cpu
+        i = next_job
+        next_job += 1
+        in_cpu += 1
+        prep[i] = submit(prepare_scene, jobs[i], key=f"cpu-{i}", resources=res.cpu)
+        summary = submit(summary_of, prep[i], key=f"summary-{i}", priority=10)
+        held[i] = [prep[i]]
+        what[summary.key] = ("summary", i)
+        pending.add(summary)
 
     def write(i: int, pieces: list) -> None:
-        fut = client.submit(
-            write_prepared,
-            prep[i],
-            pieces,
-            key=f"tttkd-write-{tag}-{i}",
-            pure=False,
-            resources=res.cpu,
+        fut = submit(
+            write_prepared, prep[i], pieces, key=f"write-{i}", resources=res.cpu, priority=20
         )
         what[fut.key] = ("write", i)
         held[i].append(fut)
@@ -92,17 +103,17 @@ def run_dask(
     def teach(task: list[Piece]) -> None:
         nonlocal n_tasks
         sources = [(images[p.key], p.start, p.stop) for p in task]
-        out = client.submit(
+        out = submit(
             encode_slices,
             jobs[task[0].key],
             sources,
-            key=f"tttkd-teacher-{tag}-{n_tasks}",
-            pure=False,
+            key=f"teacher-{n_tasks}",
             resources=res.teacher,
+            priority=15,
         )
         n_tasks += 1
         for k, p in enumerate(task):
-            pick = client.submit(piece_of, out, k, key=f"{out.key}-{k}", pure=False)
+            pick = submit(piece_of, out, k, key=f"pick-{n_tasks - 1}-{k}", priority=20)
             held[p.key].append(pick)
             picks.setdefault(p.key, []).append((p.start, pick))
             if len(picks[p.key]) == batcher.pieces_of[p.key]:
@@ -112,7 +123,12 @@ def run_dask(
         for f in held.pop(i):
             f.release()
         images.pop(i, None)
+        prep.pop(i, None)
+        if next_job < len(jobs):
+            start_next()
 
+    while next_job < min(window, len(jobs)):
+        start_next()
     try:
         for fut in pending:
             kind, i = what.pop(fut.key)
@@ -123,7 +139,7 @@ def run_dask(
                     yield _failure(jobs[i], e)
                 drop(i)
                 continue
-            waiting -= 1
+            in_cpu -= 1
             try:
                 result, n, shape = fut.result()
             except Exception as e:  # the CPU task's worker was lost too often
@@ -135,13 +151,11 @@ def run_dask(
             elif n == 0:  # points only: nothing to encode
                 write(i, [])
             else:
-                images[i] = client.submit(
-                    images_of, prep[i], key=f"tttkd-images-{tag}-{i}", pure=False
-                )
+                images[i] = submit(images_of, prep[i], key=f"images-{i}", priority=20)
                 held[i].append(images[i])
                 for task in batcher.add(i, n, shape):
                     teach(task)
-            if waiting == 0:
+            if in_cpu == 0:  # nothing more can join the open tasks now: encode them
                 for task in batcher.flush():
                     teach(task)
     finally:

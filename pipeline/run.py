@@ -315,6 +315,7 @@ def run_prep(
     executor = executor or SerialExecutor()
     if not isinstance(executor, SerialExecutor):
         _TEACHERS.clear()  # workers build their own; the driver's copy would only hold memory
+        _release_device_memory()
     report = RunReport(planned=len(plan.jobs), skipped=list(plan.skipped))
     report.failures_path = failures_url(config.out)
     bar = _progress(len(plan.jobs), len(plan.skipped), progress, echo)
@@ -348,6 +349,14 @@ def run_prep(
         for f in report.failed:
             echo(f"  {f['scene_id']}: {f['reason'].splitlines()[0]}")
     return report
+
+
+def _release_device_memory() -> None:
+    """Hand the driver's cached GPU memory back (its teacher copy is gone; workers need it)."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 def task_images(config: PrepConfig, executor: Executor) -> int:

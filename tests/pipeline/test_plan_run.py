@@ -450,7 +450,8 @@ def test_sigkill_of_cpu_and_teacher_workers_loses_nothing(dataset, serial_cache,
 
     root, _ = dataset
     out = tmp_path / "killed.zarr"
-    config = prep_config(root, out, images_per_task=3)  # several teacher tasks to interrupt
+    # several teacher tasks to interrupt; at most 3 scenes in flight (partial tasks flushed)
+    config = prep_config(root, out, images_per_task=4)
     killed: list[str] = []
 
     def killer(client) -> None:
@@ -467,7 +468,7 @@ def test_sigkill_of_cpu_and_teacher_workers_loses_nothing(dataset, serial_cache,
             os.kill(pids[addr], signal.SIGKILL)
             killed.append(f"{want} after {len(_complete(out))}")
 
-    with DaskExecutor(1, memory_limit="2GB", echo=lambda s: None) as ex:
+    with DaskExecutor(1, memory_limit="2GB", window=3, echo=lambda s: None) as ex:
         thread = threading.Thread(target=killer, args=(ex.client,), daemon=True)
         thread.start()
         report = run_prep(config, ex, progress=False, echo=lambda s: None)
