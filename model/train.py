@@ -40,6 +40,7 @@ from tttkd.model.distributed import (
 )
 from tttkd.model.losses import distillation_loss_from_targets, sample_teacher, segmentation_loss
 from tttkd.model.mae import patch_mask, reconstruction_loss
+from tttkd.model.nan_guard import LOSS_TERMS, check_finite_loss, check_finite_weights
 from tttkd.model.runlog import RunLog
 from tttkd.model.selection import write_selection
 from tttkd.model.sparse.base import SparseContext
@@ -292,6 +293,7 @@ def _train_epoch(
             keep = lab >= 0
             correct = (point_logits.argmax(1)[keep] == lab[keep]).sum()
         vals = [float(x.detach()) for x in (total, l_y, l_2d, l_ssl, correct, keep.sum())]
+        check_finite_loss(vals[:4], LOSS_TERMS, epoch + 1, global_step, tb.batch.scene_ids, info)
         sums += torch.tensor(vals, dtype=torch.float64)
         bar.set_postfix(loss=f"{vals[0]:.4f}", lr=f"{lr:.2e}")
         if info.is_main and global_step % cfg.runtime.log_every == 0:
@@ -342,6 +344,7 @@ def _save_epoch(
         backend=backend,
     )
     last = out / "last.safetensors"
+    check_finite_weights(net, str(last))  # never a checkpoint from non-finite weights
     save_checkpoint(last, net, **kw)
     if cfg.runtime.keep_every and (epoch + 1) % cfg.runtime.keep_every == 0:
         shutil.copyfile(last, out / f"epoch_{epoch + 1:04d}.safetensors")
