@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda", help="cuda (default), cuda:1, or cpu")
     p.add_argument("--quick", action="store_true", help="small room and few steps (code path)")
     p.add_argument("--voxels", type=int, default=None, help="room size [60000; quick: 3000]")
-    p.add_argument("--arch", default="minkunet34c")
+    p.add_argument("--arch", default=None, help="backbone [minkunet34c; quick: minkunet_test]")
     p.add_argument("--backends", default="torch,table,spconv", help="comma list to try")
     p.add_argument(
         "--precisions", default=None, help="fwd+bwd precisions [cuda: fp32,bf16; cpu: fp32]"
@@ -362,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(argv) if argv is not None else __import__("sys").argv[1:]
     quick = args.quick
     args.voxels = args.voxels or (3000 if quick else 60000)
+    args.arch = args.arch or ("minkunet_test" if quick else "minkunet34c")
     args.steps = args.steps or (3 if quick else 30)
     args.scenes = args.scenes or (2 if quick else 4)
     args.repeats = args.repeats or (2 if quick else 10)
