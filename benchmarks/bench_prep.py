@@ -191,6 +191,35 @@ def bench_encoder(teacher, image_hw: tuple[int, int], batches: list[int], reps: 
     return out
 
 
+def _write_room(root: Path, i: int, wh: tuple[int, int], views: int) -> str:
+    from tttkd.pipeline.synthetic.room import make_room
+    from tttkd.pipeline.synthetic.scannet_writer import write_scannet_scene
+
+    sid = f"scene{i:04d}_00"
+    room = make_room(i, name=sid, furniture=("bed", "bookshelf", "table", "chair", "cabinet"))
+    frames = ("exported",)
+    write_scannet_scene(root, sid, room, seed=i, frames=frames, image_size=wh, views=views)
+    return sid
+
+
+def write_rooms(root: Path, n: int, wh: tuple[int, int], views: int) -> list[str]:
+    """n ScanNet-format rooms (exported frames: colour at full size), rendered in parallel
+    processes (rendering full-size frames is the slow part), plus the label map and splits."""
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from tttkd.pipeline.synthetic.scannet_writer import write_tsv
+
+    root.mkdir(parents=True, exist_ok=True)
+    procs = max(1, min(n, (os.cpu_count() or 1)))
+    with ProcessPoolExecutor(procs, mp_context=get_context("spawn")) as pool:
+        ids = list(pool.map(_write_room, [root] * n, range(n), [wh] * n, [views] * n))
+    write_tsv(root)
+    (root / "scannetv2_train.txt").write_text("".join(f"{s}\n" for s in ids))
+    return ids
+
+
 def _setting(text: str) -> tuple[int | None, int]:
     if text == "serial":
         return None, 0
@@ -203,15 +232,11 @@ def bench_end_to_end(args, workdir: Path) -> dict:
     from tttkd.pipeline.plan import PrepConfig, make_plan
     from tttkd.pipeline.prep_scene import _TEACHERS, get_teacher
     from tttkd.pipeline.run import build_meta, open_cache, task_images, teacher_record
-    from tttkd.pipeline.synthetic.scannet_writer import write_scannet_dataset
 
     wh = tuple(int(v) for v in args.image_wh.split("x"))
     root = workdir / "scannet"
     t0 = time.perf_counter()
-    write_scannet_dataset(
-        root, args.scenes, frames=("25k",), splits=["train"] * args.scenes,
-        image_size=wh, views_per_scene=args.views,
-    )  # fmt: skip
+    write_rooms(root, args.scenes, wh, args.views)
     print(
         f"\nend to end: {args.scenes} ScanNet-format rooms, {args.views} frames each at "
         f"{wh[0]}x{wh[1]} (written in {time.perf_counter() - t0:.1f} s); teacher "
@@ -223,7 +248,7 @@ def bench_end_to_end(args, workdir: Path) -> dict:
     base = dict(
         dataset="scannet", root=str(root), teacher=args.teacher, teacher_weights=weights,
         image_size=args.image_size, device=args.device, batch_size=args.batch_size,
-        images_per_task=args.images_per_task, reader_options={"frames": "25k"},
+        images_per_task=args.images_per_task, reader_options={"frames": "exported"},
         compile_teacher=args.compile,
     )  # fmt: skip
     probe = get_teacher(make_plan(PrepConfig(out=str(workdir / "p.zarr"), **base), ["x"]).jobs[0])
@@ -283,7 +308,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--teacher", default=None, help="default: dinov2_vitl14 (test_vit_tiny quick)")
     p.add_argument("--image-size", type=int, default=None, help="teacher short side (448)")
     p.add_argument("--image-wh", default=None, help="colour frames WxH (default 1296x968)")
-    p.add_argument("--scenes", type=int, default=None, help="rooms (default 24, quick 4)")
+    p.add_argument("--scenes", type=int, default=None, help="rooms (default 16, quick 4)")
     p.add_argument("--views", type=int, default=None, help="frames per room (default 16)")
     p.add_argument("--batch-size", type=int, default=None, help="default: from free memory")
     p.add_argument("--images-per-task", type=int, default=64)
@@ -301,7 +326,7 @@ def main(argv: list[str] | None = None) -> dict:
     quick, cuda = args.quick, args.device.startswith("cuda")
     args.teacher = args.teacher or ("test_vit_tiny" if quick else "dinov2_vitl14")
     args.image_wh = args.image_wh or ("324x242" if quick else "1296x968")
-    args.scenes = args.scenes or (4 if quick else 24)
+    args.scenes = args.scenes or (4 if quick else 16)
     args.views = args.views or (3 if quick else 16)
     args.encoder_batches = args.encoder_batches or ([2] if quick else [8, 32])
     args.reps = args.reps or (2 if quick else 10)
