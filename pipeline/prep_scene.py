@@ -35,7 +35,7 @@ from tttkd.pipeline.datasets import registry
 from tttkd.pipeline.errors import TttkdError
 from tttkd.pipeline.frames import select_frames
 from tttkd.pipeline.plan import SceneJob
-from tttkd.pipeline.scene_warnings import check_labels
+from tttkd.pipeline.scene_warnings import check_labels, dropped_frames_warning
 from tttkd.pipeline.teacher import TeacherSpec, grid_size
 from tttkd.pipeline.voxelize import voxelize
 
@@ -150,7 +150,9 @@ def _images_part(job: SceneJob, scene: Any, xyz: np.ndarray, timing: dict) -> di
             color = f.load_color()
             depth = f.load_depth()
         except TttkdError as e:
-            dropped.append((f.name, f"unreadable: {getattr(e, 'problem', e)}"))
+            where = getattr(e, "file", None)
+            problem = getattr(e, "problem", e)
+            dropped.append((f.name, f"unreadable: {where}: {problem}" if where else problem))
             continue
         t_load += time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -257,6 +259,7 @@ def build_record(job: SceneJob) -> tuple[SceneRecord, dict, np.ndarray | None]:
         "labels": labels,
         "warnings": warnings,
     }
+    warnings += dropped_frames_warning(attrs["frames"], ignore=(_BLIND,))
     rec = SceneRecord(
         scene_id=job.scene_id,
         split=split,

@@ -143,6 +143,13 @@ class Frame:
                 file=self.depth.path,
                 fix="point the reader at the 16-bit depth PNGs",
             )
+        problem = _depth_problem(raw, self)
+        if problem:
+            raise DatasetError(
+                problem,
+                file=self.depth.path,
+                fix="use the dataset's own 16-bit depth PNG of this frame (restore it)",
+            )
         depth = raw.astype(np.float32) / np.float32(self.depth_scale)
         for bad in self.depth_invalid:
             depth[raw == bad] = 0.0
@@ -156,6 +163,26 @@ class Frame:
         if self.depth_K is not None:
             return np.asarray(self.depth_K, dtype=np.float64)
         return self.intrinsics_for(depth_width, depth_height)
+
+
+def _depth_problem(raw: np.ndarray, frame: Frame) -> str | None:
+    """Why a decoded depth image contradicts its frame (bit depth, size), or None."""
+    if raw.dtype != np.uint16:
+        return (
+            f"depth image is {raw.dtype.itemsize * 8}-bit; depth must be 16-bit "
+            f"(units of 1/{frame.depth_scale:g} m)"
+        )
+    h, w = raw.shape
+    want = frame.depth.shape if frame.depth is not None else None
+    if frame.depth.codec == "image" and want is not None and (h, w) != tuple(want):
+        return f"depth image is {w}x{h}, but the depth intrinsics are for {want[1]}x{want[0]}"
+    aspect = frame.width / frame.height
+    if frame.depth_K is None and abs(w / h - aspect) > 0.02 * aspect:
+        return (
+            f"depth image is {w}x{h}, another aspect than its {frame.width}x{frame.height} "
+            "colour image (the colour intrinsics cannot be scaled to it)"
+        )
+    return None
 
 
 def scale_intrinsics(

@@ -71,3 +71,14 @@ def report_warnings(
         json.dump({"cache": out, "scenes": per_scene}, f, indent=1)
     echo(f"warnings of {len(per_scene)} scenes listed in {url}")
     return per_scene
+
+
+def dropped_frames_warning(frames_info: dict, ignore: tuple[str, ...] = ()) -> list[str]:
+    """One warning listing every frame the scene lost (unreadable, bad size, bad pose), with
+    its reason; reasons in ``ignore`` (a frame that simply sees no point) are not losses."""
+    dropped = [(n, r) for n, r in frames_info.get("dropped", []) if r not in ignore]
+    if not dropped:
+        return []
+    available = frames_info.get("available", "?")
+    listed = "; ".join(f"{name}: {reason}" for name, reason in dropped)
+    return [f"{len(dropped)} of {available} frames dropped: {listed}"]

@@ -199,7 +199,8 @@ def frames_from_tree(
             depth_K = rescaled_K(Kd, dcalib, dsize, file=first_d, scene=scene, what="depth")
     frames = []
     for (i, c2w), has_d in zip(posed, have_depth):
-        depth = ImageRef(str(depth_dir / f"{name_of(i)}.png")) if has_d else None
+        dshape = None if depth_K is None else (dsize[1], dsize[0])  # what depth_K is for
+        depth = ImageRef(str(depth_dir / f"{name_of(i)}.png"), shape=dshape) if has_d else None
         frames.append(
             Frame(
                 name=f"{i:06d}",

@@ -1,0 +1,95 @@
+"""Frames that contradict their files are dropped by name, and every dropped frame is printed
+in the run summary and listed in ``<out>.warnings.json``.
+
+Before: a depth PNG of another size than the one its intrinsics were made for was used with
+wrong correspondences, an 8-bit depth PNG gave "zero correspondences" without naming the file,
+and dropped frames were only in the scene attrs.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from tttkd.cli.prep import cli
+from tttkd.pipeline.cache import Cache
+from tttkd.pipeline.datasets import scannet
+from tttkd.pipeline.errors import DatasetError
+
+TINY = ["--teacher", "test_vit_tiny", "--image-size", "28", "--frames", "25k", "--no-progress"]
+SCENE = "scene0000_00"
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory) -> Path:
+    from tttkd.pipeline.synthetic.domain import Domain
+    from tttkd.pipeline.synthetic.scannet_writer import write_scannet_dataset
+
+    root = tmp_path_factory.mktemp("scannet_frames")
+    write_scannet_dataset(
+        root,
+        1,
+        frames=("25k",),
+        splits=["train"],
+        image_size=(64, 48),
+        views_per_scene=2,
+        domain=Domain(spacing=0.08),
+    )
+    return root
+
+
+@pytest.fixture
+def root(pristine, tmp_path) -> Path:
+    out = tmp_path / "scannet"
+    shutil.copytree(pristine, out)
+    return out
+
+
+def _last_valid_depth(root: Path) -> Path:
+    frames = scannet.load_scene(root, SCENE, frames="25k").frames
+    valid = [f for f in frames if np.isfinite(f.c2w).all()]
+    assert len(valid) >= 2
+    return Path(valid[-1].depth.path)
+
+
+def _prep(root: Path, out: Path):
+    return CliRunner().invoke(cli, ["scannet", "--root", str(root), "--out", str(out), *TINY])
+
+
+def _write(path: Path, array: np.ndarray) -> None:
+    Image.fromarray(array).save(path, format="PNG")
+
+
+@pytest.mark.parametrize("damage", ["other_size", "eight_bit"])
+def test_a_contradicting_depth_png_is_dropped_by_name(root, tmp_path, damage):
+    depth = _last_valid_depth(root)
+    h, w = np.asarray(Image.open(depth)).shape
+    if damage == "other_size":
+        _write(depth, np.full((h, w // 2), 2000, np.uint16))
+        reason = f"{w // 2}x{h}"
+    else:
+        _write(depth, np.full((h, w), 200, np.uint8))
+        reason = "8-bit"
+    frame = next(f for f in scannet.load_scene(root, SCENE, frames="25k").frames
+                 if f.depth.path == str(depth))  # fmt: skip
+    with pytest.raises(DatasetError) as e:
+        frame.load_depth()
+    assert str(depth) in str(e.value) and reason in str(e.value), str(e.value)
+
+    out = tmp_path / "feats.zarr"
+    r = _prep(root, out)
+    assert r.exit_code == 0, r.output
+    dropped = dict(
+        Cache.open(str(out), read_only=True).scene_info(SCENE)["info"]["frames"]["dropped"]
+    )
+    assert str(depth) in dropped[frame.name] and reason in dropped[frame.name]
+    report = json.loads(Path(f"{out}.warnings.json").read_text())["scenes"][SCENE]
+    lines = [w for w in report if "frames dropped" in w]
+    assert len(lines) == 1 and str(depth) in lines[0] and frame.name in lines[0]
+    assert f"WARNING {SCENE}: {lines[0]}" in r.output
