@@ -108,3 +108,14 @@ def test_rotations_4_runs_algorithm_1_by_default_from_the_cli(adapt_fixture, tmp
     assert rec["rotation_protocol"] == "paper" and rec["steps"] == 4
     res = CliRunner().invoke(cli, [*args, "--rotation-protocol", "bogus"])
     assert res.exit_code == 2 and "rotation-protocol" in res.output
+
+
+def test_paper_rotation_that_diverges_falls_back_to_the_weights_it_started_from(adapt_fixture):
+    """lr 1e6 diverges on every rotation: each falls back to the weights it started from (the
+    trained ones here), so the sum is R predictions of the unrotated scene by the checkpoint."""
+    scene, net = _scene_and_net(adapt_fixture)
+    method = make_method("ttt-kd", net, AdaptConfig(steps=3, lr=1e6, rotations=2))
+    out = method.process(scene)
+    assert out.fallback is not None and len(out.losses) == 2
+    torch.testing.assert_close(out.logits, 2 * predict_view(net, scene.view(0.0)))
+    assert _same(method.state_snapshot(), _trained(method))
