@@ -257,6 +257,13 @@ def _common(f: Callable) -> Callable:
         ),
         click.option("--overwrite", is_flag=True, help="delete an existing cache and start again"),
         click.option(
+            "--scene-timeout",
+            type=FiniteFloat(0, open=True),
+            default=None,
+            help="seconds a scene may spend reading and corresponding before it fails (the run "
+            "goes on; serial runs)",
+        ),
+        click.option(
             "--dry-run", is_flag=True, help="print the scene count and size estimate only"
         ),
         click.option("--progress/--no-progress", default=True, help="progress bar"),

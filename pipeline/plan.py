@@ -54,6 +54,7 @@ class PrepConfig:
     zbuffer_cell_px: float | None = None
     no_images: bool = False
     overwrite: bool = False
+    scene_timeout: float | None = None  # seconds per scene's CPU stage (pipeline/scene_timeout)
     storage_options: dict | None = None
     pca_fit_scenes: int = 4  # scenes whose features fit the PCA basis (pca codecs only)
 

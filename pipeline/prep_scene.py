@@ -35,6 +35,7 @@ from tttkd.pipeline.datasets import registry
 from tttkd.pipeline.errors import TttkdError
 from tttkd.pipeline.frames import select_frames
 from tttkd.pipeline.plan import SceneJob
+from tttkd.pipeline.scene_timeout import scene_deadline
 from tttkd.pipeline.scene_warnings import check_labels, dropped_frames_warning
 from tttkd.pipeline.teacher import TeacherSpec, grid_size
 from tttkd.pipeline.voxelize import voxelize
@@ -327,7 +328,8 @@ def prepare_scene(job: SceneJob) -> PreparedScene:
             return PreparedScene(
                 job, result=SceneResult(job.scene_id, "skipped", "complete already")
             )
-        rec, timing, images = build_record(job)
+        with scene_deadline(job.config.scene_timeout, job.scene_id):  # fails the scene only
+            rec, timing, images = build_record(job)
     except Exception as e:  # a bad scene (reason) or a bug (reason + traceback)
         return PreparedScene(job, result=_failed(job, e, t_start))
     return PreparedScene(job, rec, images, timing, seconds=_since(t_start))

@@ -27,6 +27,7 @@ from typing import Literal
 import numpy as np
 
 from tttkd.pipeline.errors import DatasetError
+from tttkd.pipeline.scene_timeout import require_regular_file
 
 IGNORE_INDEX = -1
 
@@ -49,6 +50,7 @@ class ImageRef:
     shape: tuple[int, int] | None = None
 
     def read_bytes(self) -> bytes:
+        require_regular_file(self.path)  # a FIFO in place of an image would block forever
         try:
             with open(self.path, "rb") as f:
                 f.seek(self.offset)

@@ -24,6 +24,7 @@ import numpy as np
 from tttkd.pipeline.datasets.scannet_sens import read_sens_index
 from tttkd.pipeline.errors import DatasetError
 from tttkd.pipeline.scene import Frame, ImageRef, scale_intrinsics
+from tttkd.pipeline.scene_timeout import require_regular_file
 
 DEPTH_SCALE = 1000.0  # uint16 depth PNGs store millimetres
 REAL_COLOR_SIZE = (1296, 968)  # calibration size of ScanNet's colour camera
@@ -62,6 +63,8 @@ def image_size(data: bytes | Path, file: Path | str, scene: str) -> tuple[int, i
     """(width, height) from an image header, without decoding the pixels."""
     from PIL import Image
 
+    if not isinstance(data, bytes):
+        require_regular_file(data, scene)  # never open a FIFO
     try:
         src = io.BytesIO(data) if isinstance(data, bytes) else data
         with Image.open(src) as im:
