@@ -379,7 +379,8 @@ def test_sigkill_then_rerun_redoes_nothing_complete(dataset, tmp_path, extra):
     assert 1 <= len(survived) < N_SCENES, "the kill must land mid-run"
     cache = Cache.open(str(out), read_only=True)
     stamps = {s: cache.scene_info(s)["info"]["run"] for s in survived}
-    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    # the rerun is serial whatever the first run was (no second cluster start: CI time)
+    rerun = subprocess.run(_prep_cmd(root, out), capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     cache = Cache.open(str(out), read_only=True)
     assert len(cache.scene_ids()) == N_SCENES
