@@ -7,6 +7,8 @@ Self-contained: builds its rooms in memory and, for the adapt figures, a real ca
 synthetic ScanNet scenes (real prep, Zarr) and a random-weight checkpoint in a temporary
 folder. Prints, on the device it finds:
 
+0. for each backend, its largest deviation from the torch reference on this device (the room
+   through the backbone, forward and every parameter gradient; ok at <= 1e-4);
 1. ms per forward+backward of MinkUNet34C on a ~60k-voxel room (context reused, as in TTT)
    for each available backend and precision (fp32, bf16 autocast), with peak memory;
 2. ms per TTT-KD step through the real ``tttkd-adapt`` code path (``run_adaptation``),
@@ -60,11 +62,12 @@ class Row:
             vs_ref = f"{self.ms / self.ref_ms:.2f}x"
         vs_paper = f"{PAPER_TTT_MS / self.ms:.2f}x" if self.unit == "ms" else "-"
         peak = f"{self.peak_mib:.0f}" if self.peak_mib is not None else "-"
+        value = f"{self.ms:.1e}" if self.unit == "rel err" else f"{self.ms:.1f}"
         return [
             self.what,
             self.backend,
             self.precision,
-            f"{self.ms:.1f} {self.unit}",
+            f"{value} {self.unit}",
             vs_ref,
             vs_paper,
             peak,
@@ -157,6 +160,45 @@ def _backends(args: argparse.Namespace, device: torch.device) -> tuple[list[str]
             continue
         ok.append(name)
     return ok, refused
+
+
+VERIFY_TOL = 1e-4  # |a - b| <= 1e-4 * max(1, max|b|), as tests/model/test_backend_equivalence
+
+
+def verify_room(b: Bench, backends: list[str]) -> None:
+    """Each backend against the torch reference ON THIS DEVICE: the benchmark room through
+    the backbone (running BN statistics, fp32), forward and every parameter gradient."""
+    from tttkd.model.minkunet import build_backbone
+    from tttkd.model.sparse.base import SparseContext, SparseTensor
+    from tttkd.model.sparse.testing import room_coords
+
+    a = b.args
+    torch.manual_seed(0)
+    coords = room_coords(a.voxels, seed=5, thickness=1).to(b.device)
+    feats = torch.randn(coords.shape[0], 3, device=b.device)
+    net = build_backbone(a.arch, in_channels=3).to(b.device).eval()
+
+    def run(backend: str) -> list[torch.Tensor]:
+        net.zero_grad(set_to_none=True)
+        out = net(SparseTensor.from_context(feats, SparseContext(coords, backend))).feats
+        out.square().mean().backward()
+        return [out.detach()] + [p.grad.detach().clone() for p in net.parameters()]
+
+    ref = run("torch")
+    for backend in backends[1:]:
+
+        def err(backend=backend) -> tuple[float, float | None]:
+            got = run(backend)
+            worst = max(
+                float((g - r).abs().max()) / max(1.0, float(r.abs().max()))
+                for g, r in zip(got, ref)
+            )
+            return worst, None
+
+        b.record("equals torch (room, fwd + all grads)", backend, "fp32", err, unit="rel err")
+        row = b.rows[-1]
+        if row.ms is not None:
+            row.note = "ok" if row.ms <= VERIFY_TOL else f"MISMATCH (> {VERIFY_TOL:g})"
 
 
 def bench_network(b: Bench, backends: list[str]) -> None:
@@ -380,6 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     backends, refused = _backends(args, device)
     b.rows.extend(refused)
     if not args.skip_network:
+        verify_room(b, backends)
         bench_network(b, backends)
     if not args.skip_adapt:
         with tempfile.TemporaryDirectory() as d:

@@ -38,3 +38,5 @@ def test_cpu_quick_network_figures_write_a_table(tmp_path, capsys):
     }
     assert rows[0].split(" | ")[4] == "1.00x"  # the reference against itself
     assert sum(line.startswith("| train step") for line in table.splitlines()) == 2
+    (check,) = [line for line in table.splitlines() if line.startswith("| equals torch")]
+    assert "| table |" in check and check.endswith("| ok |")
