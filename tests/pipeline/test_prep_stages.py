@@ -74,3 +74,9 @@ def test_expected_hours_are_bound_by_the_slower_stage():
     e = estimate_hours(1, 1e9, 1.0, t, imgs, workers=1)  # a billion images: the teacher bounds
     assert 0 < e["images_per_s"] < 1e7 and "bound by the teacher" in e["text"]
     assert e["hours"] == pytest.approx(1e9 / e["images_per_s"] / 3600)
+
+
+def test_teacher_attention_is_pytorch_sdpa():
+    """timm's fused path calls F.scaled_dot_product_attention (flash kernels on CUDA)."""
+    t = load_teacher("test_vit_tiny", image_size=28)
+    assert all(block.attn.fused_attn for block in t.module.vit.blocks)
