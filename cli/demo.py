@@ -132,9 +132,9 @@ def run_demo(out: Path, s: DemoSettings, *, progress: bool = True) -> dict:
         f"3/6 tttkd-train: joint (L_Y + L_2D + L_MAE) and Source-Only, {s.arch}, {s.epochs} epochs"
     )
     checkpoints = {}
-    # The joint model also carries the MAE head (the issue allows it): a third model trained
-    # L_Y + L_MAE alone, as the paper's TTT-MAE row, was estimated at ~16 min of demo on 2 cores
-    # against ~12 this way (README, demo section).
+    # The joint model also carries the MAE head (the issue allows it): +0.10x a joint epoch,
+    # where a third L_Y + L_MAE model (the paper's TTT-MAE model) would cost +0.64x
+    # (python -m benchmarks.bench_baselines); keeps the demo within 15 minutes.
     mae = ["loss.ssl=mae", f"loss.mae_patch_size={s.mae_patch_size}"]
     for name, kd, extra in (("joint", True, mae), ("source_only", False, [])):
         run_dir = out / "runs" / name
