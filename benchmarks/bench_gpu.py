@@ -106,7 +106,8 @@ class Bench:
         if backend == "torch":  # measured first: the baseline of this figure
             self.ref.setdefault(what, value)
         self.rows.append(Row(what, backend, precision, value, peak, self.ref.get(what), unit, note))
-        print(f"  {what} {backend} {precision} {note}: {value:.2f} {unit}")
+        shown = f"{value:.1e}" if unit == "rel err" else f"{value:.2f}"
+        print(f"  {what} {backend} {precision} {note}: {shown} {unit}")
 
     def sync(self) -> None:
         if self.device.type == "cuda":
