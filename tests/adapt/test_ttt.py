@@ -184,8 +184,8 @@ def test_rotations_sum_logits_of_each_view(adapt_fixture):
 def test_unknown_method_and_bad_options_are_clear_errors(adapt_fixture):
     from tttkd.adapt.config import AdaptConfigError
 
-    with pytest.raises(AdaptConfigError, match="unknown method 'adacontrast'"):
-        run(adapt_fixture, methods=("adacontrast",))
+    with pytest.raises(AdaptConfigError, match="unknown method 'adacontrst'"):
+        run(adapt_fixture, methods=("adacontrst",))  # a typo
     with pytest.raises(AdaptConfigError, match="stride"):
         AdaptConfig(stride=0)
     with pytest.raises(AdaptConfigError, match="unknown adapt option"):
