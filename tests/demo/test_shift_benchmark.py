@@ -5,7 +5,7 @@ cache made by tttkd-prep on a real 2-worker Dask cluster, real training and adap
 TTT lr and the margin come from separately seeded development rooms, never the reported ones.
 The assertions are the benchmark's claims: TTT-KD recovers accuracy the colour shift destroyed,
 with lr 0 it is exactly the joint-trained model, and a teacher whose features carry no
-information about the images (noise-demo) does not give the gain.
+information about the images (noise-demo) does not give the gain; the TTT-MAE baseline runs.
 """
 
 from __future__ import annotations
@@ -43,10 +43,10 @@ def _prep(root, out, teacher, executor):
     return cfg.out
 
 
-def _train(cache, out):
+def _train(cache, out, *extra, epochs=EPOCHS):
     cfg = load_config(overrides=[
-        "model.arch=minkunet_test", f"epochs={EPOCHS}", "data.batch_size=2", "data.max_images=4",
-        "runtime.threads=1", "runtime.num_workers=0", "runtime.progress=false",
+        "model.arch=minkunet_test", f"epochs={epochs}", "data.batch_size=2", "data.max_images=4",
+        "runtime.threads=1", "runtime.num_workers=0", "runtime.progress=false", *extra,
     ])  # fmt: skip
     cfg = replace(cfg, data=replace(cfg.data, val_split=None))
     train(cfg, cache, out, echo=lambda *_: None)
@@ -114,3 +114,21 @@ def test_real_teacher_beats_noise_teacher(benchmark) -> None:
     assert real["ttt-kd"] > noise["ttt-kd"]
     assert gain_real > gain_noise + 0.02
     assert np.isfinite([real["ttt-kd"], noise["ttt-kd"]]).all()
+
+
+def test_ttt_mae_baseline_runs_and_is_finite(benchmark, tmp_path) -> None:
+    """The TTT-MAE row runs: a short L_Y + L_MAE training and a few ttt-mae steps at the chosen
+    lr (a sixth of the epochs, a quarter of the steps: CI time; no margin for a baseline)."""
+    ckpt = _train(benchmark["src_real"], tmp_path / "run_mae", "loss.kd=false", "loss.ssl=mae",
+                  "loss.mae_patch_size=0.5", epochs=EPOCHS // 6)  # fmt: skip
+    steps = STEPS // 4
+    cfg = AdaptConfig(methods=("source", "ttt-mae"), steps=steps, lr=benchmark["lr"], threads=1)
+    res = run_adaptation(cfg, benchmark["tgt_real"], ckpt, progress=False,
+                         echo=lambda *_: None).to_dict()  # fmt: skip
+    mae = res["methods"]["ttt-mae"]
+    print(f"L_Y + L_MAE {res['methods']['source']['overall']['miou']:.3f} -> ttt-mae "
+          f"{mae['overall']['miou']:.3f}")  # fmt: skip
+    assert np.isfinite(mae["overall"]["miou"]) and 0 <= mae["overall"]["miou"] <= 1
+    for rec in mae["scenes"].values():
+        assert rec["steps"] == steps or rec["fallback"] is not None
+        assert np.isfinite(rec["loss_first"]) and rec["loss_first"] > 0
