@@ -375,7 +375,9 @@ def _epoch_line(rec: dict, epochs: int) -> str:
     t = rec["train"]
     line = (
         f"epoch {rec['epoch']}/{epochs}: loss {t['loss']:.4f} (seg {t['loss_seg']:.4f}, "
-        f"kd {t['loss_kd']:.4f}), train acc {t['accuracy']:.3f}"
+        f"kd {t['loss_kd']:.4f}"
+        + (f", mae {t['loss_ssl']:.4f}" if t.get("loss_ssl") else "")
+        + f"), train acc {t['accuracy']:.3f}"
     )
     if "val" in rec:
         v = rec["val"]["voxel"]
