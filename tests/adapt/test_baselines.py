@@ -226,3 +226,12 @@ def test_ttt_mae_runs_on_a_points_only_pointcept_cache(mae_checkpoint, tmp_path)
     )  # fmt: skip
     assert out["ttt-mae"].steps == 2 and out["ttt-mae"].updated
     assert 0 <= res.methods["ttt-mae"]["overall"]["miou"] <= 1
+
+
+def test_ttt_mae_divergence_falls_back_to_the_unadapted_prediction(adapt_fixture, mae_checkpoint):
+    fx = adapt_fixture
+    sid = fx.val_scenes[0]
+    result, out = run(fx, mae_checkpoint, methods=("source", "ttt-mae"), lr=1e6, scenes=(sid,))
+    assert out["ttt-mae", sid].fallback is not None
+    assert torch.equal(out["ttt-mae", sid].logits, out["source", sid].logits)
+    assert [f["scene"] for f in result.methods["ttt-mae"]["fallbacks"]] == [sid]
