@@ -52,6 +52,7 @@ from tttkd.pipeline.datasets.matterport_frames import pair_views, region_frames
 from tttkd.pipeline.errors import DatasetError
 from tttkd.pipeline.labels import get_label_set
 from tttkd.pipeline.scene import Frame, Scene, as_path
+from tttkd.pipeline.scene_timeout import require_regular_file
 
 DATASET = "matterport3d"
 LABEL_SET = "matterport21"
@@ -264,12 +265,14 @@ def _find_mapping(scans: Path, explicit: str | Path | None, scene_id: str) -> Pa
 def _split_file(scans: Path, split: str, splits_dir: str | Path | None) -> Path | None:
     name = f"scenes_{split}.txt"
     if splits_dir is not None:
-        p = as_path(splits_dir) / name
-        return p if p.is_file() else None
-    for base in _meta_bases(scans):
-        for p in (base / "tasks" / "benchmark" / name, base / name):
-            if p.is_file():
-                return p
+        places = [as_path(splits_dir) / name]
+    else:
+        places = [
+            p for b in _meta_bases(scans) for p in (b / "tasks" / "benchmark" / name, b / name)
+        ]
+    for p in places:
+        if p.exists():  # a folder or FIFO there is damage, not an absent list
+            return require_regular_file(p)
     return None
 
 

@@ -93,7 +93,7 @@ def load_scene(
         )
     rgb = _colors(folder / "color.npy", n, scene_id)
     seg_path = _segment_path(folder, segment_file)
-    name = _label_set_name(label_set, dataset, seg_path, scene_id)
+    name = _label_set_name(label_set, dataset, seg_path, scene_id, folder)
     if seg_path is None:
         allowed = split == "test" if allow_unlabeled is None else allow_unlabeled
         if not allowed:
@@ -184,7 +184,11 @@ def _segment_path(folder: Path, segment_file: str | None) -> Path | None:
 
 
 def _label_set_name(
-    label_set: str | None, dataset: str | None, seg_path: Path | None, scene_id: str
+    label_set: str | None,
+    dataset: str | None,
+    seg_path: Path | None,
+    scene_id: str,
+    folder: Path | None = None,
 ) -> str:
     if label_set is None and dataset is not None:
         label_set = DATASET_LABEL_SET.get(dataset)
@@ -197,8 +201,10 @@ def _label_set_name(
     if label_set is None and seg_path is not None and seg_path.name == "segment20.npy":
         label_set = "scannet20"
     if label_set is None:
+        found = "" if seg_path is not None else f" (no {' or '.join(SEGMENT_FILES)} here)"
         raise DatasetError(
-            "the files do not say which classes the labels are",
+            f"the files do not say which classes the labels are{found}",
+            file=seg_path or folder,
             scene=scene_id,
             fix=f"pass label_set= (one of {', '.join(LABEL_SETS)}) or dataset= "
             f"(one of {', '.join(DATASET_LABEL_SET)})",

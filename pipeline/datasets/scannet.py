@@ -38,6 +38,7 @@ from tttkd.pipeline.datasets.scannet_frames import frames_from_sens, frames_from
 from tttkd.pipeline.errors import DatasetError
 from tttkd.pipeline.labels import get_label_set
 from tttkd.pipeline.scene import IGNORE_INDEX, Frame, Scene
+from tttkd.pipeline.scene_timeout import require_regular_file
 
 FrameSource = Literal["auto", "25k", "exported", "sens", "none"]
 SPLITS = ("train", "val", "test")
@@ -60,6 +61,10 @@ def _listdir(d: Path) -> list[Path]:
         return []
 
 
+class SplitFileMissing(DatasetError):
+    """No ``scannetv2_<split>.txt`` anywhere (a scene's split is then unknown, not an error)."""
+
+
 def split_file(root: str | Path, split: str, splits_dir: str | Path | None = None) -> Path:
     """The ``scannetv2_<split>.txt`` to use; a clear error naming every place looked."""
     if split not in SPLITS:
@@ -73,7 +78,9 @@ def split_file(root: str | Path, split: str, splits_dir: str | Path | None = Non
     for d in places:
         if (d / f"scannetv2_{split}.txt").is_file():
             return d / f"scannetv2_{split}.txt"
-    raise DatasetError(
+        if (d / f"scannetv2_{split}.txt").exists():  # a folder or FIFO: damaged, not absent
+            require_regular_file(d / f"scannetv2_{split}.txt")
+    raise SplitFileMissing(
         f"split file scannetv2_{split}.txt not found; looked in: "
         + ", ".join(str(d) for d in places),
         file=places[0] / f"scannetv2_{split}.txt",
@@ -127,7 +134,7 @@ def _scene_split(
         try:
             if scene_id in read_split(split_file(root, split, splits_dir)):
                 return split
-        except DatasetError:
+        except SplitFileMissing:
             continue
     return "test" if test_dir else None
 

@@ -163,6 +163,7 @@ def frames_from_tree(
                 "to pick another source",
             )
     indices = sorted(i for p in pose_dir.glob("*.txt") if (i := _frame_index(p.stem)) is not None)
+    _no_orphan_images(color_dir, pose_dir, set(map(name_of, indices)), scene)
     if stride:
         indices = [i for i in indices if i % stride == 0]
     colors = {p.name for p in color_dir.iterdir()}
@@ -201,9 +202,11 @@ def frames_from_tree(
             )
             depth_K = rescaled_K(Kd, dcalib, dsize, file=first_d, scene=scene, what="depth")
     frames = []
-    for (i, c2w), has_d in zip(posed, have_depth):
+    for i, c2w in posed:
         dshape = None if depth_K is None else (dsize[1], dsize[0])  # what depth_K is for
-        depth = ImageRef(str(depth_dir / f"{name_of(i)}.png"), shape=dshape) if has_d else None
+        # a frame whose depth PNG is missing while others have one fails to load, naming it
+        depth_path = str(depth_dir / f"{name_of(i)}.png")
+        depth = ImageRef(depth_path, shape=dshape) if any(have_depth) else None
         frames.append(
             Frame(
                 name=f"{i:06d}",
@@ -218,6 +221,18 @@ def frames_from_tree(
             )
         )
     return frames
+
+
+def _no_orphan_images(color_dir: Path, pose_dir: Path, posed: set[str], scene: str) -> None:
+    """A colour image without its pose file is a damaged folder, not a frame to skip quietly."""
+    orphans = sorted(p.stem for p in color_dir.glob("*.jpg") if p.stem not in posed)
+    if orphans:
+        raise DatasetError(
+            f"{len(orphans)} colour images have no pose file, e.g. {orphans[0]}.jpg",
+            file=pose_dir / f"{orphans[0]}.txt",
+            scene=scene,
+            fix="restore the frame folder's pose/*.txt (extract the frames again)",
+        )
 
 
 def frames_from_sens(
