@@ -42,11 +42,15 @@ def run(fx, checkpoint, **kw):
     return result, outcomes
 
 
-def test_ttt_mae_lr0_is_exactly_the_source_prediction(adapt_fixture, mae_checkpoint):
+@pytest.mark.parametrize("rotations", [1, 2])
+def test_ttt_mae_lr0_is_exactly_the_source_prediction(adapt_fixture, mae_checkpoint, rotations):
+    """With R = 2 the ensemble protocol predicts each rotated view, as ``source`` does (the
+    paper protocol predicts the unrotated scene R times)."""
     fx = adapt_fixture
-    result, out = run(fx, mae_checkpoint, methods=("source", "ttt-mae"), lr=0.0, split="val")
+    result, out = run(fx, mae_checkpoint, methods=("source", "ttt-mae"), lr=0.0, split="val",
+                      rotations=rotations, rotation_protocol="ensemble")  # fmt: skip
     for sid in fx.val_scenes:
-        assert out["ttt-mae", sid].steps == 3
+        assert out["ttt-mae", sid].steps == 3 * rotations
         assert torch.equal(out["ttt-mae", sid].logits, out["source", sid].logits)
     assert result.methods["ttt-mae"]["overall"] == result.methods["source"]["overall"]
 
