@@ -124,6 +124,9 @@ def selection_overlap(info: CheckpointInfo, scene_ids: list[str]) -> list[str]:
 
 def select_scenes(cache: Cache, cfg: AdaptConfig) -> list[str]:
     """The scenes to adapt on, in stream order: ``cfg.scenes`` as given, else a split, sorted."""
+    from tttkd.pipeline.cache_integrity import warn_incomplete
+
+    warn_incomplete(cache)  # skipped scenes are counted, never silent
     available = cache.scene_ids()
     if cfg.scenes:
         missing = [s for s in cfg.scenes if s not in set(available)]

@@ -133,6 +133,7 @@ class CacheSceneDataset(Dataset):
         storage_options: dict | None = None,
     ) -> None:
         from tttkd.pipeline.cache import Cache
+        from tttkd.pipeline.cache_integrity import warn_incomplete
 
         self.url = url
         self.split = split
@@ -146,6 +147,8 @@ class CacheSceneDataset(Dataset):
         self.epoch = 0
         self.storage_options = storage_options
         cache = Cache.open(url, read_only=True, storage_options=storage_options)
+        if scene_ids is None:
+            warn_incomplete(cache)  # skipped scenes are counted, never silent
         self.scene_ids = list(scene_ids) if scene_ids is not None else cache.scene_ids(split)
         if not self.scene_ids:
             splits = sorted({str(cache.scene_info(s).get("split")) for s in cache.scene_ids()})

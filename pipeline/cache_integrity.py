@@ -256,3 +256,25 @@ class CheckedGroup:
             out = ((data < -UV_MARGIN) | (data > hi)).any(axis=1)
             if out.any():
                 raise self.error(key, f"holds {int(out.sum())} uv outside the {h}x{w} feature grid")
+
+
+# ---- scenes the consumers skip -------------------------------------------------------------
+class IncompleteScenesWarning(UserWarning):
+    """Train or adapt skips scenes whose write was interrupted or whose metadata is unreadable."""
+
+
+def warn_incomplete(cache: Any) -> int:
+    """Warn, with the count and the ids, about the scenes a reader of ``cache`` skips."""
+    import warnings
+
+    skipped = sorted(set(cache.scene_ids(include_incomplete=True)) - set(cache.scene_ids()))
+    if skipped:
+        many = "s" if len(skipped) > 1 else ""
+        warnings.warn(
+            f"{len(skipped)} incomplete scene{many} in {cache.url} skipped: "
+            f"{', '.join(skipped[:10])}{' ...' if len(skipped) > 10 else ''} (rerun tttkd-prep "
+            "with the same --out to finish them; tttkd-prep verify lists them)",
+            IncompleteScenesWarning,
+            stacklevel=3,
+        )
+    return len(skipped)

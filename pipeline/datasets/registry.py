@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+from tttkd.pipeline.errors import DatasetError
 from tttkd.pipeline.scene import Scene
 
 
@@ -75,4 +76,18 @@ def list_scenes(name: str, root: str, split: str | None = None, **options: Any) 
 
 
 def load_scene(name: str, root: str, scene_id: str, **options: Any) -> Scene:
+    check_scene_id(scene_id)
     return reader(name).load_scene(root, scene_id, **options)
+
+
+def check_scene_id(scene_id: str) -> str:
+    """Refuse an id (from a split file or the command line) that would lead outside the root."""
+    parts = str(scene_id).replace("\\", "/").split("/")
+    if not scene_id or str(scene_id).startswith(("/", "\\")) or ".." in parts or "" in parts:
+        raise DatasetError(
+            f"unsafe scene id {scene_id!r}: ids are relative names inside the dataset root "
+            "(no '..', no absolute path, no empty part)",
+            scene=str(scene_id),
+            fix="correct that line of the split file (or the --scene value)",
+        )
+    return scene_id

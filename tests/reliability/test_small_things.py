@@ -1,0 +1,41 @@
+"""Issue #13 item 9: unsafe scene ids are refused; skipped incomplete scenes are counted.
+
+Before: a scene id with ``..`` or an absolute path from a split file was joined to ``--root``
+(reading outside it), and train/adapt skipped incomplete scenes without a word.
+"""
+
+from __future__ import annotations
+
+import pytest
+import zarr
+
+from tttkd.adapt.config import AdaptConfig
+from tttkd.adapt.runner import select_scenes
+from tttkd.model.data import CacheSceneDataset
+from tttkd.pipeline.cache import Cache, encode_scene_id
+from tttkd.pipeline.cache_integrity import IncompleteScenesWarning
+from tttkd.pipeline.cache_testing import synthetic_meta, synthetic_record
+from tttkd.pipeline.datasets import registry
+from tttkd.pipeline.errors import DatasetError
+
+
+@pytest.mark.parametrize("dataset", ["scannet", "s3dis", "matterport3d", "pointcept"])
+@pytest.mark.parametrize("scene_id", ["../../etc/scene0000_00", "/etc/passwd", "Area_1/../.."])
+def test_a_scene_id_leaving_the_root_is_refused(dataset, scene_id, tmp_path):
+    with pytest.raises(DatasetError, match="unsafe scene id") as e:
+        registry.load_scene(dataset, str(tmp_path), scene_id)
+    assert repr(scene_id) in str(e.value)
+
+
+def test_train_and_adapt_count_the_incomplete_scenes_they_skip(tmp_path):
+    url = str(tmp_path / "feats.zarr")
+    cache = Cache.create(url, synthetic_meta())
+    for sid in ("a", "b", "c"):
+        cache.write_scene(synthetic_record(sid))
+    path = f"scenes/{encode_scene_id('b')}"
+    zarr.open_group(url, path=path, mode="r+").attrs["complete"] = False
+    with pytest.warns(IncompleteScenesWarning, match="1 incomplete scene .* skipped: b"):
+        ds = CacheSceneDataset(url, "train", voxel_size=0.04, train=False)
+    assert ds.scene_ids == ["a", "c"]
+    with pytest.warns(IncompleteScenesWarning, match="1 incomplete scene"):
+        assert select_scenes(Cache.open(url, read_only=True), AdaptConfig()) == ["a", "c"]
