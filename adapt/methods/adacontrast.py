@@ -78,7 +78,10 @@ def diversity_loss(logits: Tensor) -> Tensor:
 class Fifo:
     """A first-in first-out store of rows (feature bank or key queue) of fixed capacity."""
 
-    def __init__(self, capacity: int, widths: dict[str, tuple[int, torch.dtype]], device):
+    def __init__(
+        self, capacity: int, widths: dict[str, tuple[int, torch.dtype]], device: torch.device
+    ):
+        """``widths[name] = (row width, dtype)``; width 0 stores one value per row."""
         self.capacity = capacity
         self.data = {
             name: torch.zeros((capacity, w) if w else (capacity,), dtype=dt, device=device)
