@@ -38,7 +38,7 @@ from tttkd.model.distributed import (
     convert_sparse_sync_bn,
     init_distributed,
 )
-from tttkd.model.losses import distillation_loss_from_targets, sample_teacher, segmentation_loss
+from tttkd.model.losses import distillation_loss_per_row, sample_teacher, segmentation_loss
 from tttkd.model.mae import patch_mask, reconstruction_loss
 from tttkd.model.nan_guard import LOSS_TERMS, check_finite_loss, check_finite_weights
 from tttkd.model.runlog import RunLog
@@ -245,9 +245,8 @@ def _losses(
         b = tb.batch
         with torch.no_grad():
             targets = sample_teacher(b.teacher_maps, b.corr_image, b.corr_uv)
-        pair_pred = kd_pred.float().index_select(0, b.corr_point)
-        rows = torch.arange(pair_pred.shape[0], device=pair_pred.device)  # one pair per row
-        l_2d = distillation_loss_from_targets(pair_pred, targets, rows, cfg.loss.kd_kind)
+        # pairs summed per voxel first (same value and gradient; the graph is per voxel)
+        l_2d = distillation_loss_per_row(kd_pred, targets, b.corr_point, cfg.loss.kd_kind)
         total = l_y + cfg.loss.kd_weight * l_2d
     else:
         l_2d = torch.zeros((), device=l_y.device)
