@@ -24,6 +24,7 @@ import os
 import socket
 import time
 import traceback
+import warnings as warnings_module
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -231,12 +232,15 @@ def build_record(job: SceneJob) -> tuple[SceneRecord, dict, np.ndarray | None]:
     cfg = job.config
     timing: dict[str, float] = {}
     t0 = time.perf_counter()
-    scene = registry.load_scene(cfg.dataset, cfg.root, job.scene_id, **cfg.load_options())
+    with warnings_module.catch_warnings(record=True) as reader_warnings:
+        warnings_module.simplefilter("always")  # a reader's warnings become the scene's
+        scene = registry.load_scene(cfg.dataset, cfg.root, job.scene_id, **cfg.load_options())
     timing["read"] = time.perf_counter() - t0
     if scene.num_points == 0:
         raise SceneFailure("the scene has no points")
     split = scene.split if scene.split is not None else cfg.split
     labels, warnings = check_labels(scene.label, split, job.scene_id)  # all lost: an error
+    warnings = [str(w.message) for w in reader_warnings] + warnings
     t0 = time.perf_counter()
     # stored points: one per cell of the fine point grid (consumers voxelize at voxel_size)
     vox = voxelize(scene.xyz, cfg.point_grid, label=scene.label, label_mode=cfg.label_mode)

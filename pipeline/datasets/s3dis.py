@@ -303,6 +303,15 @@ def _read_points(
             tid = -1
         cloud = read_xyzrgb(f, scene=scene_id)
         skipped += cloud.skipped
+        if cloud.implausible:
+            lines = ", ".join(map(str, cloud.implausible[:10]))
+            warnings.warn(
+                f"{f}: dropped {len(cloud.implausible)} repaired line(s) whose point lies far "
+                f"outside the file's extent (lines {lines})",
+                stacklevel=3,
+            )
+        if cloud.clipped:
+            warnings.warn(f"{f}: {cloud.clipped} colour(s) outside 0..255 clipped", stacklevel=3)
         xyz.append(cloud.xyz)
         rgb.append(cloud.rgb)
         label.append(np.full(len(cloud.xyz), tid, dtype=np.int16))

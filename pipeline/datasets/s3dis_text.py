@@ -10,6 +10,12 @@ the lines that contain a control byte (other than ``\\t \\n \\r``) are repaired,
 2. else turn them into spaces (``185\\x00187 182`` -> ``185 187 182``, the exact original);
 3. else drop the line and count it.
 
+A repaired line is kept only when its point lies within the robust extent of the file's clean
+lines (1st-99th percentile, widened by half that range plus ``PLAUSIBLE_MARGIN_M``): a control
+byte in place of a decimal point (``-17\x01337`` -> ``-17337``) is dropped, and its line number
+reported (``TextCloud.implausible``). Colours outside 0..255 are clipped and counted
+(``TextCloud.clipped``); the reader warns about both.
+
 The whole cleaned buffer is then parsed in one ``np.fromstring`` call (about as fast as
 numpy's C ``loadtxt``, ~1 s per million lines); only when that fails (a line without 6
 numbers) are the lines that are not six numbers found by one regular expression, dropped and
@@ -27,6 +33,7 @@ import numpy as np
 
 from tttkd.pipeline.errors import DatasetError
 
+PLAUSIBLE_MARGIN_M = 1.0  # a repaired point may lie this far (plus half the extent) outside
 _CTRL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 _CTRL_BYTES = bytes(b for b in range(32) if b not in (9, 10, 13))
 _NUM = rb"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
@@ -44,6 +51,8 @@ class TextCloud:
     rgb: np.ndarray
     repaired: int  # lines with control bytes that were recovered
     skipped: int  # lines that could not be read as 6 numbers and were dropped
+    implausible: tuple[int, ...] = ()  # line numbers of repairs far outside the file's extent
+    clipped: int = 0  # points whose colour was outside 0..255 (clipped, and warned about)
 
 
 def _six_numbers(line: bytes) -> list[float] | None:
@@ -68,12 +77,49 @@ def repair_line(line: bytes) -> bytes | None:
     return None
 
 
-def _repair_control_bytes(data: bytes) -> tuple[bytes, int, int]:
+def _robust_extent(data: bytes) -> tuple[np.ndarray, np.ndarray] | None:
+    """Bounds that hold the file's clean points with a wide margin (None: too few points)."""
+    try:
+        flat = np.fromstring(data.strip(), dtype=np.float64, sep=" ")
+    except ValueError:
+        flat = np.empty(0)
+    if flat.size % 6:
+        flat = _parse_lines(data)[0].reshape(-1)
+    xyz = flat.reshape(-1, 6)[:, :3]
+    xyz = xyz[np.isfinite(xyz).all(axis=1)]
+    if len(xyz) < 10:
+        return None
+    lo, hi = np.percentile(xyz, 1, axis=0), np.percentile(xyz, 99, axis=0)
+    margin = 0.5 * (hi - lo) + PLAUSIBLE_MARGIN_M
+    return lo - margin, hi + margin
+
+
+def _keep_plausible(pieces: list, implausible: list[int]) -> tuple[bytes, int]:
+    """Join ``pieces``; a repaired line ``(line number, bytes)`` is kept only when its xyz lies
+    within the robust extent of the file's clean lines, else its number goes to ``implausible``."""
+    extent = _robust_extent(b"".join(p for p in pieces if isinstance(p, bytes)))
+    out, repaired = [], 0
+    for p in pieces:
+        if isinstance(p, bytes):
+            out.append(p)
+            continue
+        number, fixed = p
+        xyz = np.array([float(t) for t in fixed.split()[:3]])
+        if extent is not None and not ((xyz >= extent[0]) & (xyz <= extent[1])).all():
+            implausible.append(number)
+            continue
+        repaired += 1
+        out.append(fixed + b"\n")
+    return b"".join(out), repaired
+
+
+def _repair_control_bytes(data: bytes) -> tuple[bytes, int, int, tuple[int, ...]]:
     if len(data.translate(None, _CTRL_BYTES)) == len(data):  # 4x faster than a regex search
-        return data, 0, 0
-    repaired = skipped = 0
-    pieces = []
-    last = 0
+        return data, 0, 0, ()
+    skipped = 0
+    pieces: list = []
+    implausible: list[int] = []
+    last = counted_to = lines_before = 0
     for m in _CTRL.finditer(data):
         if m.start() < last:
             continue  # this line was handled already
@@ -85,13 +131,15 @@ def _repair_control_bytes(data: bytes) -> tuple[bytes, int, int]:
         if fixed is None:
             skipped += 1
         else:
-            repaired += 1
-            pieces.append(fixed + b"\n")
+            lines_before += data.count(b"\n", counted_to, start)  # incremental: O(file)
+            counted_to = start
+            pieces.append((lines_before + 1, fixed))
         last = end
     if not pieces:
-        return data, 0, 0
+        return data, 0, 0, ()
     pieces.append(data[last:])
-    return b"".join(pieces), repaired, skipped
+    joined, repaired = _keep_plausible(pieces, implausible)
+    return joined, repaired, skipped, tuple(implausible)
 
 
 def _parse_lines(data: bytes) -> tuple[np.ndarray, int]:
@@ -110,7 +158,7 @@ def _parse_lines(data: bytes) -> tuple[np.ndarray, int]:
 
 def parse_xyzrgb(data: bytes) -> TextCloud:
     """Parse the bytes of one S3DIS text file (Aligned ``%.3f``/int or v1.2 ``%.6f`` columns)."""
-    data, repaired, skipped = _repair_control_bytes(data)
+    data, repaired, skipped, implausible = _repair_control_bytes(data)
     body = data.strip()
     n_lines = body.count(b"\n") + 1 if body else 0
     values = None
@@ -133,8 +181,17 @@ def parse_xyzrgb(data: bytes) -> TextCloud:
         except ValueError:
             values, more = _parse_lines(body)
             skipped += more
-    rgb = np.clip(np.rint(values[:, 3:]), 0, 255).astype(np.uint8)
-    return TextCloud(xyz=values[:, :3].copy(), rgb=rgb, repaired=repaired, skipped=skipped)
+    colour = np.rint(values[:, 3:])
+    clipped = int(((colour < 0) | (colour > 255)).any(axis=1).sum())
+    rgb = np.clip(colour, 0, 255).astype(np.uint8)
+    return TextCloud(
+        xyz=values[:, :3].copy(),
+        rgb=rgb,
+        repaired=repaired,
+        skipped=skipped,
+        implausible=implausible,
+        clipped=clipped,
+    )
 
 
 def read_xyzrgb(path: str | Path, *, scene: str | None = None) -> TextCloud:
