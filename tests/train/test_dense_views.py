@@ -126,3 +126,15 @@ def test_schema_1_cache_is_refused_with_the_rebuild_command(dense, tmp_path):
     assert f"tttkd-prep pointcept --root {attrs['options']['root']} --out {old} --overwrite" in msg
     r = CliRunner().invoke(cli, ["inspect", old], catch_exceptions=False)
     assert r.exit_code == 1 and "--overwrite" in r.output and "Traceback" not in r.output
+
+
+def test_point_grid_coarser_than_the_voxel_is_refused(tmp_path):
+    from tttkd.cli.prep import cli
+
+    args = ["pointcept", "--root", str(tmp_path), "--out", str(tmp_path / "f.zarr"), "--no-images"]
+    r = CliRunner().invoke(cli, [*args, "--voxel-size", "0.04", "--point-voxel-size", "0.05"])
+    assert r.exit_code != 0 and "point_voxel_size must be > 0 and <= voxel_size" in r.output
+    assert "Traceback" not in r.output and not (tmp_path / "f.zarr").exists()
+    with pytest.raises(ValueError, match="point_voxel_size"):
+        PrepConfig(dataset="scannet", root="/r", out="/o", voxel_size=0.02, point_voxel_size=0.04)
+    assert PrepConfig(dataset="scannet", root="/r", out="/o", voxel_size=0.02).point_grid == 0.005
