@@ -6,3 +6,24 @@ The library lives in the subpackages ``tttkd.pipeline`` (prep and cache), ``tttk
 """
 
 __version__ = "0.1.0"
+
+# The Python API (tttkd/api.py), imported on first use so `import tttkd` stays cheap.
+_API = (
+    "AdaptedScene",
+    "CacheReader",
+    "LoadedModel",
+    "SceneRef",
+    "adapt_scene",
+    "create_backbone",
+    "load_checkpoint",
+    "open_cache",
+)
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str) -> object:
+    if name in _API:
+        from tttkd import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'tttkd' has no attribute {name!r}")
