@@ -66,12 +66,13 @@ def region_frames(
             fix="download and extract undistorted_color_images.zip into v1/scans, "
             "or call load_scene(..., frames=False)",
         )
-    frames, missing = [], 0
+    frames, missing, missing_names = [], 0, []
     for i in idx.tolist():
         im = conf.images[i]
         cpath = color_dir / im.color_name
         if not cpath.is_file():
             missing += 1
+            missing_names.append(str(cpath))
             continue
         try:
             with Image.open(cpath) as pil:
@@ -104,7 +105,8 @@ def region_frames(
                 width=int(width),
                 height=int(height),
                 color=ImageRef(str(cpath)),
-                depth=ImageRef(str(dpath)) if dpath is not None and dpath.is_file() else None,
+                # a missing depth PNG fails the frame's load (naming it), never drops depth quietly
+                depth=ImageRef(str(dpath)) if dpath is not None else None,
                 depth_scale=DEPTH_SCALE,
                 depth_invalid=(0,),
             )
@@ -118,7 +120,8 @@ def region_frames(
                 fix="extract undistorted_color_images.zip of this house again",
             )
         warnings.warn(
-            f"{scene_id}: {missing} of {missing + len(frames)} paired colour images are missing",
+            f"{scene_id}: {missing} of {missing + len(frames)} paired colour images are missing "
+            f"(their frames are dropped): {', '.join(missing_names[:5])}",
             stacklevel=3,
         )
     return frames

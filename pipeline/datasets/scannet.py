@@ -214,7 +214,15 @@ def read_label_map(path: Path, scene_id: str | None = None) -> dict[str, int]:
 
 @lru_cache(maxsize=8)
 def _label_map(path: str, size: int, mtime: int, scene_id: str | None) -> tuple[tuple[str, int]]:
-    text = Path(path).read_bytes().decode("utf-8")
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DatasetError(
+            f"not UTF-8 text ({e})",
+            file=path,
+            scene=scene_id,
+            fix=f"the file is corrupt; download ScanNet's {LABEL_TSV} again",
+        ) from e
     numbered = [  # (line number as an editor shows it, line); CR CR LF ends count once
         (i, ln.strip("\r"))
         for i, ln in enumerate(text.split("\n") if "\n" in text else text.splitlines(), 1)
