@@ -213,15 +213,18 @@ def run_demo(out: Path, s: DemoSettings, *, progress: bool = True) -> dict:
         "topdown": _topdown(out, caches["target"], joint, checkpoints["joint"]),
         "class_iou": out / "adapt" / "joint" / "class_iou.png",
     }
+    # the point at s.steps is the TTT-KD run of stage 5 (same config, seeds and scenes): reused
     sweep_rows = run_sweeps(
         replace(base, methods=("ttt-kd",), save_predictions=False),
         caches["target"],
         str(checkpoints["joint"]),
         out / "sweep",
         ["steps"],
-        values={"steps": list(s.sweep_steps)},
+        values={"steps": [v for v in s.sweep_steps if v != s.steps]},
         echo=lambda *_: None,
     )
+    if s.steps in s.sweep_steps:
+        sweep_rows = _with_point(sweep_rows, joint, s.steps, out / "sweep")
     pictures["miou_vs_steps"] = next(iter(sorted((out / "sweep").glob("*.png"))), None)
     _done(t0)
 
@@ -261,6 +264,23 @@ def run_demo(out: Path, s: DemoSettings, *, progress: bool = True) -> dict:
         click.echo(f"{k}: {v}")
     click.echo(f"summary: {out / 'summary.json'}  (total {summary['seconds']:.0f} s)")
     return summary
+
+
+def _with_point(rows: list, joint: dict, steps: int, out: Path) -> list:
+    """The steps sweep plus its ``steps`` point taken from the stage-5 TTT-KD run; CSV and
+    figure rewritten."""
+    from tttkd.adapt.sweep import SweepPoint, plot_sweeps, write_sweep_csv
+
+    res = joint["methods"]["ttt-kd"]
+    t = res["timing"]
+    point = SweepPoint(
+        "steps", float(steps), "ttt-kd", res["overall"]["miou"], res["overall"]["accuracy"],
+        t["scenes_per_s"], t["ms_per_step"], joint["config"]["momentum"], steps,
+    )  # fmt: skip
+    rows = sorted(rows + [point], key=lambda r: (r.sweep != "source", float(r.steps or 0)))
+    write_sweep_csv(rows, out / "sweep.csv")
+    plot_sweeps(rows, out)
+    return rows
 
 
 def _choose_lr(
