@@ -84,6 +84,12 @@ def test_api_errors_name_the_scene_and_the_method(adapt_fixture):
     model = tttkd.load_checkpoint(adapt_fixture.checkpoint)
     with pytest.raises(ValueError, match="unknown method 'ttt-xx'"):
         tttkd.adapt_scene(model, cache.scene(adapt_fixture.val_scenes[0]), method="ttt-xx")
+    with pytest.raises(ValueError, match="nope"):
+        tttkd.load_checkpoint(adapt_fixture.checkpoint, backend="nope")
+    with pytest.raises(ValueError, match="unknown backbone 'pointnet'"):
+        tttkd.create_backbone("pointnet")
+    auto = tttkd.load_checkpoint(adapt_fixture.checkpoint, backend="auto")
+    assert auto.net.backend == "torch"  # auto on CPU: the reference (model/sparse/select.py)
 
 
 def test_import_tttkd_is_cheap_and_lazy():
