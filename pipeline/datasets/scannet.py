@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
@@ -272,7 +273,11 @@ def _read_json(path: Path, scene_id: str) -> dict:
 
 
 def load_nyu40(
-    scan_dir: Path, scene_id: str, n_vertices: int, label_map: dict[str, int]
+    scan_dir: Path,
+    scene_id: str,
+    n_vertices: int,
+    label_map: dict[str, int],
+    map_file: Path | None = None,
 ) -> tuple[np.ndarray, tuple[Path, Path]]:
     """Per-vertex nyu40 ids (0 = unannotated) from the aggregation over the segments."""
     segs_path = scan_dir / f"{scene_id}_vh_clean_2.0.010000.segs.json"
@@ -296,6 +301,13 @@ def load_nyu40(
             scene=scene_id,
             fix="use the _vh_clean_2.0.010000.segs.json that belongs to _vh_clean_2.ply "
             "(not the hi-res _vh_clean.segs.json)",
+        )
+    unknown = sorted({raw.strip() for raw, _ in groups} - set(label_map))
+    if unknown:  # their points end unlabelled: say so, naming both files
+        warnings.warn(
+            f"{len(unknown)} object label(s) of {agg_path} are not in the label map "
+            f"{map_file or ''} ({', '.join(map(repr, unknown[:5]))}): their points are unlabelled",
+            stacklevel=3,
         )
     uniq, inverse = np.unique(seg_of, return_inverse=True)
     nyu_of_seg = np.zeros(len(uniq), dtype=np.int16)
@@ -352,7 +364,8 @@ def load_scene(
         label = np.full(len(xyz), IGNORE_INDEX, dtype=np.int16)
     else:
         tsv = find_label_tsv(root, labels_tsv, scene_id)
-        nyu, files = load_nyu40(scan_dir, scene_id, len(xyz), read_label_map(tsv, scene_id))
+        label_map = read_label_map(tsv, scene_id)
+        nyu, files = load_nyu40(scan_dir, scene_id, len(xyz), label_map, map_file=tsv)
         label = get_label_set("scannet20").nyu40_to_train()[nyu]
         sources += [*files, tsv]
     meta_path = scan_dir / f"{scene_id}.txt"

@@ -108,7 +108,25 @@ def list_frame_stems(area_dir: Path, room: str) -> list[str]:
         return []
     rgb = _names(data / "rgb", _SUFFIX["rgb"])
     depth = _names(data / "depth", _SUFFIX["depth"])
+    posed = {stem for _, _, stem in poses}
+    missing = [  # the file each incomplete frame lacks: dropped with a warning, never quietly
+        data / kind / (stem + _SUFFIX[kind])
+        for stem in sorted(posed | {s for s in rgb if _room_of(s) == room})
+        for kind, have in (("pose", posed), ("rgb", rgb), ("depth", depth))
+        if stem not in have
+    ]
+    if missing:
+        warnings.warn(
+            f"{len(missing)} file(s) of frames of {room} are missing (those frames are "
+            f"dropped): {', '.join(map(str, missing[:5]))}",
+            stacklevel=3,
+        )
     return [stem for _, _, stem in sorted(poses) if stem in rgb and stem in depth]
+
+
+def _room_of(stem: str) -> str | None:
+    m = _POSE_NAME.match(stem + _SUFFIX["pose"])
+    return m.group("room") if m else None
 
 
 def _matrix(value: object, shapes: tuple[tuple[int, int], ...]) -> np.ndarray | None:
