@@ -316,6 +316,13 @@ def _prep(dataset: str, reader_options: dict, **kw: Any) -> None:
     workers, scheduler = kw.pop("workers"), kw.pop("scheduler")
     if workers is not None and scheduler is not None:
         raise click.UsageError("give --workers or --scheduler, not both")
+    if kw.get("scene_timeout") and (workers is not None or scheduler is not None):
+        click.echo(
+            "warning: --scene-timeout is enforced in serial runs only; on a Dask cluster a "
+            "scene's CPU stage runs in a worker thread, where only the regular-file checks "
+            "guard against hangs",
+            err=True,
+        )
     if scheduler is not None and not kw.get("dry_run"):
         check_scheduler(scheduler)  # seconds, not a hang, when nobody listens there
     memory_limit, dashboard = kw.pop("memory_limit"), kw.pop("dashboard")
