@@ -8,16 +8,8 @@ The library lives in the subpackages ``tttkd.pipeline`` (prep and cache), ``tttk
 __version__ = "0.1.0"
 
 # The Python API (tttkd/api.py), imported on first use so `import tttkd` stays cheap.
-_API = (
-    "AdaptedScene",
-    "CacheReader",
-    "LoadedModel",
-    "SceneRef",
-    "adapt_scene",
-    "create_backbone",
-    "load_checkpoint",
-    "open_cache",
-)
+from tttkd._public import API_NAMES as _API
+
 __all__ = ["__version__", *_API]
 
 

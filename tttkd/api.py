@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tttkd._public import API_NAMES
+
 if TYPE_CHECKING:
     import numpy as np
     import torch
@@ -23,16 +25,7 @@ if TYPE_CHECKING:
     from tttkd.model.network import SegKDNet
     from tttkd.pipeline.cache import Cache
 
-__all__ = [
-    "AdaptedScene",
-    "CacheReader",
-    "LoadedModel",
-    "SceneRef",
-    "adapt_scene",
-    "create_backbone",
-    "load_checkpoint",
-    "open_cache",
-]
+__all__ = list(API_NAMES)
 
 
 @dataclass(frozen=True)
