@@ -152,3 +152,19 @@ def _make_fixture(tmp_path_factory) -> AdaptFixture:
         val_scenes=tuple(cache.scene_ids("val")),
         all_scenes=tuple(cache.scene_ids()),
     )
+
+
+@pytest.fixture
+def scene_and_net(adapt_fixture):
+    """The first val scene (CPU, torch backend, every image, seed 0) and the tiny
+    checkpoint's network, freshly loaded and in eval mode."""
+    from tttkd.adapt.scenes import load_scene
+    from tttkd.model.checkpoint import load_checkpoint
+    from tttkd.pipeline.cache import Cache
+
+    net, _ = load_checkpoint(adapt_fixture.checkpoint)
+    cache = Cache.open(adapt_fixture.cache, read_only=True)
+    scene = load_scene(
+        cache, adapt_fixture.val_scenes[0], device="cpu", backend="torch", max_images=None, seed=0
+    )
+    return scene, net.eval()

@@ -15,21 +15,10 @@ from tttkd.adapt.config import AdaptConfig
 from tttkd.adapt.methods import make_method
 from tttkd.adapt.rotations import rotation_angles
 from tttkd.adapt.runner import run_adaptation
-from tttkd.adapt.scenes import load_scene
 from tttkd.adapt.ttt import predict_view
-from tttkd.model.checkpoint import load_checkpoint
 from tttkd.pipeline.cache import Cache
 
 _STATS = ("running_mean", "running_var", "num_batches_tracked")
-
-
-def _scene_and_net(fx, index: int = 0):
-    net, _ = load_checkpoint(fx.checkpoint)
-    cache = Cache.open(fx.cache, read_only=True)
-    scene = load_scene(
-        cache, fx.val_scenes[index], device="cpu", backend="torch", max_images=None, seed=0
-    )
-    return scene, net.eval()
 
 
 def _changed(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> set[str]:
@@ -64,8 +53,8 @@ def _adapted_state(method, scene):
     return out, (seen[-1] if method.name == "ttt-kd" else method.state_snapshot())
 
 
-def test_ttt_kd_changes_psi_3d_and_never_the_heads(adapt_fixture):
-    scene, net = _scene_and_net(adapt_fixture)
+def test_ttt_kd_changes_psi_3d_and_never_the_heads(scene_and_net):
+    scene, net = scene_and_net
     trained = {k: v.clone() for k, v in net.state_dict().items()}
     heads = _names(net, "rho_Y") | _names(net, "rho_2D")
     psi = _names(net, "psi_3D")
@@ -123,8 +112,8 @@ def test_ttt_never_reads_labels(adapt_fixture, tmp_path):
         assert a.losses == b.losses, m
 
 
-def test_tent_trains_exactly_the_bn_affine_parameters(adapt_fixture):
-    scene, net = _scene_and_net(adapt_fixture)
+def test_tent_trains_exactly_the_bn_affine_parameters(scene_and_net):
+    scene, net = scene_and_net
     trained = {k: v.clone() for k, v in net.state_dict().items()}
     affine = _bn_keys(net, ("weight", "bias"))
     method = make_method("tent", net, AdaptConfig(tent_steps=2, tent_lr=1e-2))
@@ -134,8 +123,8 @@ def test_tent_trains_exactly_the_bn_affine_parameters(adapt_fixture):
     assert changed == affine, (sorted(changed - affine), sorted(affine - changed))
 
 
-def test_bn_changes_only_the_running_statistics(adapt_fixture):
-    scene, net = _scene_and_net(adapt_fixture)
+def test_bn_changes_only_the_running_statistics(scene_and_net):
+    scene, net = scene_and_net
     trained = {k: v.clone() for k, v in net.state_dict().items()}
     stats = _bn_keys(net, _STATS)
     method = make_method("bn", net, AdaptConfig(bn_passes=2))
@@ -145,10 +134,10 @@ def test_bn_changes_only_the_running_statistics(adapt_fixture):
     assert changed == stats, (sorted(changed - stats), sorted(stats - changed))
 
 
-def test_scene_bn_mode_uses_batch_statistics_and_keeps_the_running_ones(adapt_fixture):
+def test_scene_bn_mode_uses_batch_statistics_and_keeps_the_running_ones(scene_and_net):
     """lr 0 isolates the BN mode: the prediction is the trained weights normalised with the
     scene's batch statistics (not the source prediction), and no running statistic moves."""
-    scene, net = _scene_and_net(adapt_fixture)
+    scene, net = scene_and_net
     trained = {k: v.clone() for k, v in net.state_dict().items()}
     view = scene.view(0.0)
     method = make_method("ttt-kd", net, AdaptConfig(steps=2, lr=0.0, bn_mode="scene"))
@@ -162,10 +151,10 @@ def test_scene_bn_mode_uses_batch_statistics_and_keeps_the_running_ones(adapt_fi
     assert changed and not changed & _bn_keys(net, _STATS)
 
 
-def test_every_method_sums_its_predictions_of_the_rotated_views(adapt_fixture):
+def test_every_method_sums_its_predictions_of_the_rotated_views(scene_and_net):
     """After its per-scene update, each non-offline method predicts every rotated view with
     the weights it then holds (rotation 0 is the unrotated scene)."""
-    scene, net = _scene_and_net(adapt_fixture)
+    scene, net = scene_and_net
     angles = rotation_angles(3)
     for name, mode in (("bn", "eval"), ("tent", "scene"), ("ttt-kd-online", "eval")):
         cfg = AdaptConfig(rotations=3, bn_passes=2, tent_steps=1, tent_predict="after")

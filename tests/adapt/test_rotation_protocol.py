@@ -11,20 +11,8 @@ from click.testing import CliRunner
 from tttkd.adapt.config import AdaptConfig
 from tttkd.adapt.methods import make_method
 from tttkd.adapt.rotations import rotation_angles
-from tttkd.adapt.scenes import load_scene
 from tttkd.adapt.ttt import predict_view
 from tttkd.cli.adapt import cli
-from tttkd.model.checkpoint import load_checkpoint
-from tttkd.pipeline.cache import Cache
-
-
-def _scene_and_net(fx, index: int = 0):
-    net, _ = load_checkpoint(fx.checkpoint)
-    cache = Cache.open(fx.cache, read_only=True)
-    scene = load_scene(
-        cache, fx.val_scenes[index], device="cpu", backend="torch", max_images=None, seed=0
-    )
-    return scene, net.eval()
 
 
 def _trained(method) -> dict[str, torch.Tensor]:
@@ -35,8 +23,8 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_one_rotation_is_the_same_under_both_protocols(adapt_fixture):
-    scene, net = _scene_and_net(adapt_fixture)
+def test_one_rotation_is_the_same_under_both_protocols(scene_and_net):
+    scene, net = scene_and_net
     outs = {
         p: make_method("ttt-kd", net, AdaptConfig(steps=3, rotation_protocol=p)).process(scene)
         for p in ("paper", "ensemble")
@@ -46,10 +34,10 @@ def test_one_rotation_is_the_same_under_both_protocols(adapt_fixture):
     assert outs["paper"].losses == outs["ensemble"].losses
 
 
-def test_paper_predicts_the_unrotated_scene_and_ensemble_the_rotated_views(adapt_fixture):
+def test_paper_predicts_the_unrotated_scene_and_ensemble_the_rotated_views(scene_and_net):
     """With lr 0 the weights stay the trained ones, so only the predicted view differs:
     Algorithm 1 sums R predictions of the unrotated scene, the ensemble one per rotation."""
-    scene, net = _scene_and_net(adapt_fixture)
+    scene, net = scene_and_net
     cfg = AdaptConfig(steps=2, lr=0.0, rotations=3)
     paper = make_method("ttt-kd", net, cfg).process(scene)
     ensemble = make_method("ttt-kd", net, cfg.with_(rotation_protocol="ensemble")).process(scene)
@@ -61,11 +49,11 @@ def test_paper_predicts_the_unrotated_scene_and_ensemble_the_rotated_views(adapt
     assert paper.steps == ensemble.steps == 6  # both train on every rotated copy
 
 
-def test_paper_carries_weights_across_rotations_and_ensemble_resets(adapt_fixture):
+def test_paper_carries_weights_across_rotations_and_ensemble_resets(scene_and_net):
     """The weights each rotation's steps start from: the trained ones for the first rotation
     under both protocols; for later ones, those the previous rotation left (paper) or the
     trained ones again (ensemble). Both end the scene back at the trained weights."""
-    scene, net = _scene_and_net(adapt_fixture)
+    scene, net = scene_and_net
     for protocol, carried in (("paper", True), ("ensemble", False)):
         method = make_method(
             "ttt-kd", net, AdaptConfig(steps=2, rotations=3, rotation_protocol=protocol)
@@ -110,10 +98,10 @@ def test_rotations_4_runs_algorithm_1_by_default_from_the_cli(adapt_fixture, tmp
     assert res.exit_code == 2 and "rotation-protocol" in res.output
 
 
-def test_paper_rotation_that_diverges_falls_back_to_the_weights_it_started_from(adapt_fixture):
+def test_paper_rotation_that_diverges_falls_back_to_the_weights_it_started_from(scene_and_net):
     """lr 1e6 diverges on every rotation: each falls back to the weights it started from (the
     trained ones here), so the sum is R predictions of the unrotated scene by the checkpoint."""
-    scene, net = _scene_and_net(adapt_fixture)
+    scene, net = scene_and_net
     method = make_method("ttt-kd", net, AdaptConfig(steps=3, lr=1e6, rotations=2))
     out = method.process(scene)
     assert out.fallback is not None and len(out.losses) == 2
