@@ -9,46 +9,17 @@ and dropped frames were only in the scene attrs.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from tttkd.cli.prep import cli
 from tttkd.pipeline.cache import Cache
 from tttkd.pipeline.datasets import scannet
 from tttkd.pipeline.errors import DatasetError
 
-TINY = ["--teacher", "test_vit_tiny", "--image-size", "28", "--frames", "25k", "--no-progress"]
 SCENE = "scene0000_00"
-
-
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory) -> Path:
-    from tttkd.pipeline.synthetic.domain import Domain
-    from tttkd.pipeline.synthetic.scannet_writer import write_scannet_dataset
-
-    root = tmp_path_factory.mktemp("scannet_frames")
-    write_scannet_dataset(
-        root,
-        1,
-        frames=("25k",),
-        splits=["train"],
-        image_size=(64, 48),
-        views_per_scene=2,
-        domain=Domain(spacing=0.08),
-    )
-    return root
-
-
-@pytest.fixture
-def root(pristine, tmp_path) -> Path:
-    out = tmp_path / "scannet"
-    shutil.copytree(pristine, out)
-    return out
 
 
 def _last_valid_depth(root: Path) -> Path:
@@ -58,16 +29,12 @@ def _last_valid_depth(root: Path) -> Path:
     return Path(valid[-1].depth.path)
 
 
-def _prep(root: Path, out: Path):
-    return CliRunner().invoke(cli, ["scannet", "--root", str(root), "--out", str(out), *TINY])
-
-
 def _write(path: Path, array: np.ndarray) -> None:
     Image.fromarray(array).save(path, format="PNG")
 
 
 @pytest.mark.parametrize("damage", ["other_size", "eight_bit"])
-def test_a_contradicting_depth_png_is_dropped_by_name(root, tmp_path, damage):
+def test_a_contradicting_depth_png_is_dropped_by_name(root, tmp_path, prep, damage):
     depth = _last_valid_depth(root)
     h, w = np.asarray(Image.open(depth)).shape
     if damage == "other_size":
@@ -83,7 +50,7 @@ def test_a_contradicting_depth_png_is_dropped_by_name(root, tmp_path, damage):
     assert str(depth) in str(e.value) and reason in str(e.value), str(e.value)
 
     out = tmp_path / "feats.zarr"
-    r = _prep(root, out)
+    r = prep(root, out)
     assert r.exit_code == 0, r.output
     dropped = dict(
         Cache.open(str(out), read_only=True).scene_info(SCENE)["info"]["frames"]["dropped"]

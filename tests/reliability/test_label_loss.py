@@ -7,45 +7,16 @@ Before: each of these gave a scene whose labels were (mostly) -1, reported as do
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from tttkd.cli.prep import cli
 from tttkd.pipeline.cache import Cache
 from tttkd.pipeline.datasets import scannet
 from tttkd.pipeline.errors import DatasetError
 
-TINY = ["--teacher", "test_vit_tiny", "--image-size", "28", "--frames", "25k", "--no-progress"]
 SCENE = "scene0000_00"
 TSV = "scannetv2-labels.combined.tsv"
-
-
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory) -> Path:
-    from tttkd.pipeline.synthetic.domain import Domain
-    from tttkd.pipeline.synthetic.scannet_writer import write_scannet_dataset
-
-    root = tmp_path_factory.mktemp("scannet_labels")
-    write_scannet_dataset(
-        root,
-        1,
-        frames=("25k",),
-        splits=["train"],
-        image_size=(64, 48),
-        views_per_scene=2,
-        domain=Domain(spacing=0.08),
-    )
-    return root
-
-
-@pytest.fixture
-def root(pristine, tmp_path) -> Path:
-    out = tmp_path / "scannet"
-    shutil.copytree(pristine, out)
-    return out
 
 
 def _agg(root: Path) -> Path:
@@ -84,32 +55,38 @@ def test_a_non_numeric_nyu40id_names_the_row(root):
     assert "'chair'" in str(e.value)
 
 
-def _prep(root: Path, out: Path):
-    scannet._label_map.cache_clear()
-    return CliRunner().invoke(cli, ["scannet", "--root", str(root), "--out", str(out), *TINY])
+@pytest.fixture
+def prep_labels(prep):
+    """``tttkd-prep`` with the label map read again (the tests edit it)."""
+
+    def run(root: Path, out: Path):
+        scannet._label_map.cache_clear()
+        return prep(root, out)
+
+    return run
 
 
-def test_a_labelled_scene_with_every_label_ignored_fails(root, tmp_path):
+def test_a_labelled_scene_with_every_label_ignored_fails(root, tmp_path, prep_labels):
     def unlabelled(rows, col, header):
         for r in rows:
             r[col] = ""  # an empty nyu40id means unannotated
 
     _edit_tsv(root, unlabelled)
     out = tmp_path / "feats.zarr"
-    r = _prep(root, out)
+    r = prep_labels(root, out)
     assert r.exit_code == 1, r.output
     assert f"FAILED {SCENE}" in r.output and "every point's label is ignored" in r.output
     failures = json.loads(Path(f"{out}.failures.json").read_text())["failures"]
     assert [f["scene_id"] for f in failures] == [SCENE]
 
 
-def test_a_large_ignored_fraction_is_a_counted_warning(root, tmp_path):
+def test_a_large_ignored_fraction_is_a_counted_warning(root, tmp_path, prep_labels):
     agg = json.loads(_agg(root).read_text())
     keep = max(agg["segGroups"], key=lambda g: len(g["segments"]))
     agg["segGroups"] = [keep]  # every other object's points lose their label
     _agg(root).write_text(json.dumps(agg))
     out = tmp_path / "feats.zarr"
-    r = _prep(root, out)
+    r = prep_labels(root, out)
     assert r.exit_code == 0, r.output
     labels = Cache.open(str(out), read_only=True).scene_info(SCENE)["info"]["labels"]
     assert labels["ignored"] > 0.5 * labels["points"]

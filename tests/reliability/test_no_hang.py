@@ -17,42 +17,34 @@ import pytest
 
 from tttkd.pipeline.scene_timeout import SceneTimeout, scene_deadline
 
-TINY = ["--teacher", "test_vit_tiny", "--image-size", "28", "--frames", "25k", "--no-progress"]
-
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory) -> Path:
-    from tttkd.pipeline.synthetic.domain import Domain
-    from tttkd.pipeline.synthetic.scannet_writer import write_scannet_dataset
-
-    root = tmp_path_factory.mktemp("scannet_fifo")
-    write_scannet_dataset(
-        root,
-        2,
-        frames=("25k",),
-        splits=["train", "train"],
-        image_size=(64, 48),
-        views_per_scene=2,
-        domain=Domain(spacing=0.08),
-    )
-    return root
+def root(write_scannet) -> Path:
+    return write_scannet("scannet_fifo", ["train", "train"])
 
 
-def _prep(*args: object, timeout: float = 120) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "tttkd.cli.prep", "scannet", *map(str, args), *TINY]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+@pytest.fixture
+def prep_process(tiny_prep_options):
+    """``tttkd-prep scannet`` in a child process (so a hang is a timeout, not a stuck test)."""
+
+    def run(*args: object, timeout: float = 120) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "tttkd.cli.prep", "scannet", *map(str, args)]
+        cmd += tiny_prep_options
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+    return run
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
-def test_a_fifo_in_place_of_an_image_is_named_not_waited_on(root, tmp_path):
+def test_a_fifo_in_place_of_an_image_is_named_not_waited_on(root, tmp_path, prep_process):
     colour = sorted((root / "scannet_frames_25k" / "scene0000_00" / "color").glob("*.jpg"))
     for jpg in colour:  # every colour image of the first scene is a FIFO now
         jpg.unlink()
         os.mkfifo(jpg)
     try:
         out = tmp_path / "feats.zarr"
-        r = _prep("--root", root, "--out", out, timeout=120)
+        r = prep_process("--root", root, "--out", out, timeout=120)
     finally:
         for jpg in colour:
             jpg.unlink()
@@ -67,9 +59,9 @@ def test_a_fifo_in_place_of_an_image_is_named_not_waited_on(root, tmp_path):
     ]
 
 
-def test_scene_timeout_fails_each_scene_and_the_run_goes_on(root, tmp_path):
+def test_scene_timeout_fails_each_scene_and_the_run_goes_on(root, tmp_path, prep_process):
     out = tmp_path / "feats.zarr"
-    r = _prep("--root", root, "--out", out, "--scene-timeout", "0.001")
+    r = prep_process("--root", root, "--out", out, "--scene-timeout", "0.001")
     text = r.stdout + r.stderr
     assert r.returncode == 1 and "Traceback" not in text, text
     failures = json.loads(Path(f"{out}.failures.json").read_text())["failures"]

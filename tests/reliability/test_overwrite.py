@@ -10,42 +10,21 @@ import shutil
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from tttkd.cli.prep import cli
 from tttkd.pipeline.cache import Cache
 
-TINY = ["--teacher", "test_vit_tiny", "--image-size", "28", "--frames", "25k", "--no-progress"]
+
+@pytest.fixture(scope="module")
+def root(write_scannet) -> Path:
+    return write_scannet("scannet_overwrite", ["train", "val"])
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory) -> Path:
-    from tttkd.pipeline.synthetic.domain import Domain
-    from tttkd.pipeline.synthetic.scannet_writer import write_scannet_dataset
-
-    root = tmp_path_factory.mktemp("scannet_overwrite")
-    write_scannet_dataset(
-        root,
-        2,
-        frames=("25k",),
-        splits=["train", "val"],
-        image_size=(64, 48),
-        views_per_scene=2,
-        domain=Domain(spacing=0.08),
-    )
-    return root
-
-
-@pytest.fixture(scope="module")
-def finished(root, tmp_path_factory) -> Path:
+def finished(root, tmp_path_factory, prep) -> Path:
     out = tmp_path_factory.mktemp("finished") / "feats.zarr"
-    r = invoke("scannet", "--root", root, "--out", out, *TINY)
+    r = prep(root, out)
     assert r.exit_code == 0, r.output
     return out
-
-
-def invoke(*args: object):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def _copy(finished: Path, tmp_path: Path) -> Path:
@@ -64,25 +43,27 @@ def _siblings(out: Path) -> list[str]:
     return sorted(p.name for p in out.parent.iterdir() if p.name != "feats.zarr.failures.json")
 
 
-def test_overwrite_with_an_unknown_scene_keeps_the_cache(root, finished, tmp_path):
+def test_overwrite_with_an_unknown_scene_keeps_the_cache(root, finished, tmp_path, prep):
     out = _copy(finished, tmp_path)
-    r = invoke("scannet", "--root", root, "--out", out, "--overwrite", "--scene", "nope", *TINY)
+    r = prep(root, out, "--overwrite", "--scene", "nope")
     assert r.exit_code != 0 and "nope" in r.output and "Traceback" not in r.output
     _intact(out)
     assert _siblings(out) == ["feats.zarr"]
 
 
-def test_overwrite_with_an_empty_root_keeps_the_cache(finished, tmp_path):
+def test_overwrite_with_an_empty_root_keeps_the_cache(finished, tmp_path, prep):
     out = _copy(finished, tmp_path)
     empty = tmp_path / "empty_root"
     empty.mkdir()
-    r = invoke("scannet", "--root", empty, "--out", out, "--overwrite", *TINY)
+    r = prep(empty, out, "--overwrite")
     assert r.exit_code != 0 and str(empty) in r.output, r.output
     _intact(out)
     assert _siblings(out) == ["empty_root", "feats.zarr"]
 
 
-def test_an_interrupted_overwrite_leaves_the_old_cache_whole(root, finished, tmp_path, monkeypatch):
+def test_an_interrupted_overwrite_leaves_the_old_cache_whole(
+    root, finished, tmp_path, monkeypatch, prep
+):
     out = _copy(finished, tmp_path)
     calls = []
 
@@ -91,28 +72,28 @@ def test_an_interrupted_overwrite_leaves_the_old_cache_whole(root, finished, tmp
         raise KeyboardInterrupt  # the user pressed ^C while the first new scene was written
 
     monkeypatch.setattr(Cache, "write_scene", interrupted)
-    r = invoke("scannet", "--root", root, "--out", out, "--overwrite", "--voxel-size", 0.05, *TINY)
+    r = prep(root, out, "--overwrite", "--voxel-size", 0.05)
     assert calls and r.exit_code != 0
     monkeypatch.undo()
     _intact(out)
     # the rerun completes the overwrite and swaps the new cache in
-    r = invoke("scannet", "--root", root, "--out", out, "--overwrite", "--voxel-size", 0.05, *TINY)
+    r = prep(root, out, "--overwrite", "--voxel-size", 0.05)
     assert r.exit_code == 0, r.output
     _intact(out, voxel=0.05)
     assert _siblings(out) == ["feats.zarr"]
 
 
-def test_a_failed_start_leaves_no_empty_cache_folder(root, tmp_path):
+def test_a_failed_start_leaves_no_empty_cache_folder(root, tmp_path, prep):
     out = tmp_path / "feats.zarr"
-    r = invoke("scannet", "--root", root, "--out", out, "--scene", "nope", *TINY)
+    r = prep(root, out, "--scene", "nope")
     assert r.exit_code != 0 and "nope" in r.output
     assert not out.exists()
 
 
-def test_overwrite_refuses_a_folder_that_is_not_a_cache(root, tmp_path):
+def test_overwrite_refuses_a_folder_that_is_not_a_cache(root, tmp_path, prep):
     out = tmp_path / "feats.zarr"
     out.mkdir()
     (out / "thesis.tex").write_text("precious")
-    r = invoke("scannet", "--root", root, "--out", out, "--overwrite", *TINY)
+    r = prep(root, out, "--overwrite")
     assert r.exit_code != 0 and "not a tttkd cache" in r.output
     assert (out / "thesis.tex").read_text() == "precious"
