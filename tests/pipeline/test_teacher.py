@@ -20,7 +20,9 @@ def _images(n: int, height: int, width: int, seed: int = 0) -> list[np.ndarray]:
 
 
 def _normalised(teacher: Teacher, image: np.ndarray) -> torch.Tensor:
-    x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255.0
+    # The same memory layout as Teacher.encode (a stacked NHWC batch viewed as NCHW): on some
+    # CPUs the patch-embedding conv picks another kernel for another layout, a few ULPs apart.
+    x = torch.from_numpy(np.stack([image])).permute(0, 3, 1, 2).float() / 255.0
     mean = torch.tensor(teacher.spec.mean).view(1, 3, 1, 1)
     std = torch.tensor(teacher.spec.std).view(1, 3, 1, 1)
     return (x - mean) / std
