@@ -54,15 +54,7 @@ def network_input(
     from tttkd.model.augment import PointSet
     from tttkd.model.data import to_sample
 
-    ps = PointSet(
-        xyz=np.asarray(xyz, dtype=np.float64),
-        rgb=rec.rgb.astype(np.float32),
-        label=rec.label.astype(np.int64),
-        corr_point=np.zeros(0, np.int64),
-        corr_image=np.zeros(0, np.int64),
-        corr_uv=np.zeros((0, 2), np.float32),
-        scene_id=rec.scene_id,
-    )
+    ps = PointSet.points_only(xyz, rec.rgb, rec.label, scene_id=rec.scene_id)
     sample, _ = to_sample(ps, voxel_size, with_corr=False)
     return sample.coords, sample.feats, sample.point_to_voxel
 

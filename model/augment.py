@@ -51,6 +51,21 @@ class PointSet:
     maps: list[np.ndarray] = field(default_factory=list)  # one [h, w, D] per image
     scene_id: str = ""
 
+    @classmethod
+    def points_only(
+        cls, xyz: np.ndarray, rgb: np.ndarray, label: np.ndarray, scene_id: str = ""
+    ) -> PointSet:
+        """Points without image pairs (evaluation, TTT views, augmented views of adapt)."""
+        return cls(
+            xyz=np.asarray(xyz, dtype=np.float64),
+            rgb=rgb.astype(np.float32),
+            label=label.astype(np.int64),
+            corr_point=np.zeros(0, np.int64),
+            corr_image=np.zeros(0, np.int64),
+            corr_uv=np.zeros((0, 2), np.float32),
+            scene_id=scene_id,
+        )
+
     @property
     def num_points(self) -> int:
         return len(self.xyz)

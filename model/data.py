@@ -223,15 +223,7 @@ class CacheSceneDataset(Dataset):
     def _val_item(self, index: int) -> Item:
         sid = self.scene_ids[index]
         rec = self.cache.read_points(sid)
-        ps = PointSet(
-            xyz=rec.xyz.astype(np.float64),
-            rgb=rec.rgb.astype(np.float32),
-            label=rec.label.astype(np.int64),
-            corr_point=np.zeros(0, np.int64),
-            corr_image=np.zeros(0, np.int64),
-            corr_uv=np.zeros((0, 2), np.float32),
-            scene_id=sid,
-        )
+        ps = PointSet.points_only(rec.xyz, rec.rgb, rec.label, scene_id=sid)
         sample, labels = to_sample(ps, self.voxel_size, with_corr=False)
         item = Item(sample, labels)
         if self.full_resolution:

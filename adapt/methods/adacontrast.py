@@ -117,14 +117,7 @@ def strong_view(scene: SceneData, rng: np.random.Generator, aug: AugmentConfig) 
     """Random rotation about +Z, mirror, scale, contrast/brightness and channel shift, then
     the network input path of every view (``network_input``)."""
     rec = scene.record
-    ps = PointSet(
-        xyz=rec.xyz.astype(np.float64),
-        rgb=rec.rgb.astype(np.float32),
-        label=rec.label.astype(np.int64),
-        corr_point=np.zeros(0, np.int64),
-        corr_image=np.zeros(0, np.int64),
-        corr_uv=np.zeros((0, 2), np.float32),
-    )
+    ps = PointSet.points_only(rec.xyz, rec.rgb, rec.label)
     ps = rotate_z(centre(ps), float(rng.uniform(0.0, 2 * math.pi)))
     flips = rng.random(2) < aug.mirror_p
     ps = scale(mirror(ps, bool(flips[0]), bool(flips[1])), float(rng.uniform(*aug.scale)))
