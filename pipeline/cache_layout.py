@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import string
 import warnings
 from typing import Any
@@ -93,6 +94,11 @@ def chunks_for(shape: tuple[int, ...]) -> tuple[int, ...]:
     return (max(1, min(shape[0], CHUNK_ROWS)), *(max(1, s) for s in shape[1:]))
 
 
+# A LocalStore writes ``zarr.json`` via ``zarr.<uuid4 hex>.partial`` + rename; a process killed
+# between the two leaves that file beside the scene groups. It is not a scene.
+_ZARR_TEMP = re.compile(r"^zarr\.[0-9a-f]{32}\.partial$")
+
+
 def list_scene_groups(store: Any) -> list[tuple[str, dict | None]]:
     """(group name, attrs or None when unreadable) of every scene group, sorted, read
     concurrently (one small metadata read per scene)."""
@@ -103,7 +109,7 @@ def list_scene_groups(store: Any) -> list[tuple[str, dict | None]]:
             names = [n async for n in store.list_dir(SCENES)]
         except FileNotFoundError:
             return []
-        names = sorted(n for n in names if n != "zarr.json")
+        names = sorted(n for n in names if n != "zarr.json" and not _ZARR_TEMP.match(n))
 
         async def one(name: str) -> dict | None:
             try:

@@ -294,10 +294,22 @@ def _split_houses(scans: Path, split: str, splits_dir: str | Path | None) -> lis
 
 
 def _split_of(scans: Path, house: str, splits_dir: str | Path | None) -> str | None:
+    """The split whose list names ``house``; ``None`` (with a warning when only some of the
+    lists are there: a deleted list must not silently move a house out of its split)."""
+    missing = []
     for split in SPLITS:
         p = _split_file(scans, split, splits_dir)
-        if p is not None and house in read_split_file(p):
+        if p is None:
+            missing.append(f"scenes_{split}.txt")
+        elif house in read_split_file(p):
             return split
+    if missing and len(missing) < len(SPLITS):
+        where = as_path(splits_dir) if splits_dir is not None else scans / "tasks" / "benchmark"
+        warnings.warn(
+            f"{house}: in none of the split lists found, and {', '.join(missing)} not found in "
+            f"{where}: its split is unknown; put the missing list(s) there or pass splits_dir=",
+            stacklevel=3,
+        )
     return None
 
 

@@ -131,13 +131,23 @@ def list_scenes(
 def _scene_split(
     root: Path, scene_id: str, splits_dir: str | Path | None, test_dir: bool
 ) -> str | None:
+    missing = []
     for split in SPLITS:
         try:
             if scene_id in read_split(split_file(root, split, splits_dir)):
                 return split
-        except SplitFileMissing:
-            continue
-    return "test" if test_dir else None
+        except SplitFileMissing as e:
+            missing.append(e)
+    if test_dir:
+        return "test"
+    if missing and len(missing) < len(SPLITS):  # a deleted list must not silently drop a split
+        warnings.warn(
+            f"{scene_id}: in none of the split lists found; "
+            + "; ".join(str(e).splitlines()[0] for e in missing)
+            + ": its split is unknown (copy the missing list(s) or pass splits_dir=)",
+            stacklevel=3,
+        )
+    return None
 
 
 def find_scan_dir(root: str | Path, scene_id: str) -> Path:

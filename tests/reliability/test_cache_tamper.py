@@ -173,3 +173,15 @@ def test_verify_command_names_the_damaged_array(pristine, tmp_path, quick):
     assert result.exit_code == 1, result.output
     assert f"{SCENE}: corr/point: 0 chunk files, written with 1" in result.output
     assert "1 with problems" in result.output
+
+
+def test_a_metadata_write_cut_by_sigkill_is_not_a_scene(pristine, tmp_path):
+    """Found by the SIGKILL test in CI: Zarr's LocalStore writes ``scenes/zarr.json`` through
+    ``zarr.<uuid>.partial``; a kill between write and rename left that file, and ``verify``
+    reported it as a broken scene of that name."""
+    url = tmp_path / "feats.zarr"
+    shutil.copytree(pristine, url)
+    (url / "scenes" / "zarr.fc406e274a1f43a2b706846a0bef31e5.partial").write_bytes(b'{"zarr_')
+    cache = Cache.open(str(url), read_only=True)
+    assert cache.scene_ids(include_incomplete=True) == [SCENE]
+    assert cache.verify() == {SCENE: []}

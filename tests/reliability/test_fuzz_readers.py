@@ -187,3 +187,20 @@ def test_a_damaged_file_is_named_or_changes_nothing(pristine, tmp_path_factory, 
             (got[1] is None and want[1] is None) or np.array_equal(got[1], want[1])
         )
         assert ok, f"{name}: {kind} of {rel} silently changed frame {fname}"
+
+
+@pytest.mark.parametrize("name", ["scannet", "matterport3d"])
+def test_a_deleted_split_list_is_named_not_a_silent_split_change(name, tmp_path):
+    """Found by the fuzz in CI: deleting the train list made a train scene's split ``None``
+    without a word, so prep would have filed it under no split."""
+    root = tmp_path / "data"
+    root.mkdir()
+    opts = WRITERS[name](root)
+    sid = registry.list_scenes(name, str(root), **opts)[0]
+    scene, _, _ = _read(name, root, sid, opts)
+    lists = [p for p in root.rglob("*train.txt") if p.name.startswith(("scenes_", "scannetv2_"))]
+    assert scene.split == "train" and len(lists) == 1
+    lists[0].unlink()
+    scene, _, warned = _read(name, root, sid, opts)
+    assert scene.split is None
+    assert any(lists[0].name in w and "split is unknown" in w for w in warned), warned
