@@ -11,14 +11,18 @@ what it held from the lineage; a write re-run after its scene completed returns 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from typing import Any
+
+import numpy as np
 
 from tttkd.pipeline.cluster import StageResources
 from tttkd.pipeline.errors import TttkdError
 from tttkd.pipeline.plan import SceneJob
 from tttkd.pipeline.prep_batching import Batcher, Piece
 from tttkd.pipeline.prep_scene import (
+    EncodedPiece,
     SceneFailure,
     SceneResult,
     _reason,
@@ -35,8 +39,17 @@ def summary_of(prep: Any) -> tuple:
 
 
 def encode_slices(job: SceneJob, sources: list[tuple[Any, int, int]]) -> list:
-    """Teacher task: (images, start, stop) per piece; the images arrive from CPU workers."""
-    return encode_pieces(job, [images[a:b] for images, a, b in sources])
+    """Teacher task: (images, start, stop) per piece; the images arrive from CPU workers.
+
+    ``images`` is None when Dask recomputed a lost task after its scene was written (the CPU
+    stage found the scene complete): that piece is empty and its write says "skipped".
+    """
+    todo = [k for k, (images, _, _) in enumerate(sources) if images is not None]
+    encoded = encode_pieces(job, [sources[k][0][sources[k][1] : sources[k][2]] for k in todo])
+    out = [EncodedPiece(np.zeros((0,), np.float16), 0.0, os.getpid(), 0) for _ in sources]
+    for k, piece in zip(todo, encoded, strict=True):
+        out[k] = piece
+    return out
 
 
 def _failure(job: SceneJob, e: BaseException) -> SceneResult:

@@ -352,6 +352,8 @@ def encode_pieces(job: SceneJob, pieces: list[np.ndarray]) -> list[EncodedPiece]
     however pieces were grouped. Raises SceneFailure when this process's teacher differs
     from the driver's.
     """
+    if not pieces:  # nothing to encode: no teacher to build
+        return []
     teacher = get_teacher(job)
     _check_teacher(job, teacher)
     import torch

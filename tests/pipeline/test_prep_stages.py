@@ -80,3 +80,20 @@ def test_teacher_attention_is_pytorch_sdpa():
     """timm's fused path calls F.scaled_dot_product_attention (flash kernels on CUDA)."""
     t = load_teacher("test_vit_tiny", image_size=28)
     assert all(block.attn.fused_attn for block in t.module.vit.blocks)
+
+
+def test_a_teacher_task_recomputed_after_its_scene_completed_is_not_a_failure():
+    """Dask recomputes lost tasks from their lineage: when a killed worker held a scene's
+    images after the scene was written, the CPU stage re-runs, finds the scene complete and
+    has no images. The recomputed teacher task must pass that on (the write then says
+    "skipped"), not fail the scene with a TypeError (CI saw this once in the SIGKILL test)."""
+    from types import SimpleNamespace
+
+    from tttkd.pipeline.prep_dask import encode_slices
+    from tttkd.pipeline.prep_scene import PreparedScene, SceneResult, images_of, write_prepared
+
+    done = SceneResult("scene0001_00", "skipped", "complete already")
+    prep = PreparedScene(SimpleNamespace(scene_id="scene0001_00"), result=done)
+    pieces = encode_slices(prep.job, [(images_of(prep), 0, 4)])
+    assert len(pieces) == 1 and len(pieces[0].features) == 0
+    assert write_prepared(prep, pieces) == done
