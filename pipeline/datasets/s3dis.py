@@ -9,10 +9,17 @@ Scene ids are ``Area_<n>/<room>`` (e.g. ``Area_5/office_1``), listed from the ro
   recognised by its number format: Aligned prints ``%.3f`` and integer colours, v1.2 six
   ``%.6f``), else ``"aligned"`` if present, else ``"raw"``. An explicit ``version`` that
   contradicts the folder is an error.
-* **Points** come from ``<room>/Annotations/<class>_<k>.txt`` (the room file is never read):
+* **Points** come from ``<room>/Annotations/<class>_<k>.txt``:
   class = file-name prefix before the first ``_``; ``stairs`` -> clutter, ``bookcase`` -> the
   label table's ``bookshelf``. Any other prefix is an error (``unknown_class="ignore"`` labels
   those points -1 and warns instead). Corrupted bytes are handled in :mod:`.s3dis_text`.
+* **Completeness.** The room file ``<room>/<room>.txt`` (or the room folder's only other
+  ``.txt``, e.g. the misnamed ``copy_Room_1.txt``) holds every point of the room, so its line
+  count must equal the sum over the object files (lines are counted, not parsed).
+  A deleted object file, or one cut short (at a line end or inside a line), makes the sum
+  smaller; that is a warning naming both, not an error, because the real data has a legitimate
+  mismatch (``Area_5/office_36`` ships a duplicate ``wall_3 (1).txt``). A room without a room
+  file is read with a warning that the check could not be made.
 * **Splits.** ``train`` = every area but ``test_area`` (default 5); ``val``/``test`` = that
   area. ``Scene.split`` is ``"train"`` or ``"val"``.
 * **Frames** (2D-3D-S, :mod:`.stanford2d3ds`) are in the frame of the non-aligned v1.2 clouds.
@@ -38,7 +45,7 @@ from typing import Literal
 
 import numpy as np
 
-from tttkd.pipeline.datasets.s3dis_text import read_xyzrgb, sniff_version
+from tttkd.pipeline.datasets.s3dis_text import count_lines, read_xyzrgb, sniff_version
 from tttkd.pipeline.datasets.stanford2d3ds import find_area_dirs, load_frames
 from tttkd.pipeline.errors import DatasetError
 from tttkd.pipeline.labels import get_label_set
@@ -271,6 +278,41 @@ def _room_dir(vroot: Path, scene_id: str) -> tuple[int, str, Path]:
     return area, room, room_dir
 
 
+def room_file(room_dir: Path) -> Path | None:
+    """The room's whole-room point file: ``<room>.txt``, else the folder's only ``.txt``."""
+    own = room_dir / f"{room_dir.name}.txt"
+    if own.exists():
+        return own
+    others = [f for f in room_dir.glob("*.txt") if not f.name.startswith(".")]
+    return others[0] if len(others) == 1 else None
+
+
+def check_complete(room_dir: Path, scene_id: str, object_lines: int, n_files: int) -> None:
+    """Warn when the object files' lines do not add up to the room file's (see module doc)."""
+    whole = room_file(room_dir)
+    ann = room_dir / "Annotations"
+    if whole is None:
+        warnings.warn(
+            f"{scene_id}: no room file {room_dir / (room_dir.name + '.txt')}, so a missing or "
+            f"cut object file in {ann} cannot be noticed; restore it from the S3DIS archive",
+            stacklevel=3,
+        )
+        return
+    expected = count_lines(whole, scene=scene_id)
+    if expected != object_lines:
+        what = (
+            "fewer: an object file is missing or cut short"
+            if object_lines < expected
+            else "more: an object file is duplicated or extra"
+        )
+        warnings.warn(
+            f"{scene_id}: the {n_files} object files in {ann} hold {object_lines} lines but the "
+            f"room file {whole} holds {expected} ({what}); extract the room again from the "
+            "S3DIS archive",
+            stacklevel=3,
+        )
+
+
 def _read_points(
     room_dir: Path, scene_id: str, unknown_class: str
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
@@ -286,7 +328,7 @@ def _read_points(
         (f for f in ann.iterdir() if f.suffix == ".txt" and not f.name.startswith(".")),
         key=lambda f: _natural(f.name),
     )
-    xyz, rgb, label, sources, unknown, skipped = [], [], [], [], [], 0
+    xyz, rgb, label, sources, unknown, skipped, lines_read = [], [], [], [], [], 0, 0
     for f in files:
         token = f.name.split("_", 1)[0].removesuffix(".txt")
         tid = class_train_id(token)
@@ -303,6 +345,7 @@ def _read_points(
             tid = -1
         cloud = read_xyzrgb(f, scene=scene_id)
         skipped += cloud.skipped
+        lines_read += cloud.lines
         if cloud.implausible:
             lines = ", ".join(map(str, cloud.implausible[:10]))
             warnings.warn(
@@ -324,6 +367,7 @@ def _read_points(
             scene=scene_id,
             fix="extract the room again from the S3DIS archive",
         )
+    check_complete(room_dir, scene_id, lines_read, len(files))
     if unknown:
         warnings.warn(f"{scene_id}: points of {unknown} labelled -1 (unknown class)", stacklevel=3)
     if skipped:

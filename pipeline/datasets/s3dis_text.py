@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from tttkd.pipeline.errors import DatasetError
+from tttkd.pipeline.scene_timeout import require_regular_file
 
 PLAUSIBLE_MARGIN_M = 1.0  # a repaired point may lie this far (plus half the extent) outside
 _CTRL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f]")
@@ -53,6 +54,7 @@ class TextCloud:
     skipped: int  # lines that could not be read as 6 numbers and were dropped
     implausible: tuple[int, ...] = ()  # line numbers of repairs far outside the file's extent
     clipped: int = 0  # points whose colour was outside 0..255 (clipped, and warned about)
+    lines: int = 0  # lines in the file as read, an unended last one too (room-file check)
 
 
 def _six_numbers(line: bytes) -> list[float] | None:
@@ -158,6 +160,7 @@ def _parse_lines(data: bytes) -> tuple[np.ndarray, int]:
 
 def parse_xyzrgb(data: bytes) -> TextCloud:
     """Parse the bytes of one S3DIS text file (Aligned ``%.3f``/int or v1.2 ``%.6f`` columns)."""
+    lines = data.count(b"\n") + int(bool(data) and not data.endswith(b"\n"))
     data, repaired, skipped, implausible = _repair_control_bytes(data)
     body = data.strip()
     n_lines = body.count(b"\n") + 1 if body else 0
@@ -191,11 +194,13 @@ def parse_xyzrgb(data: bytes) -> TextCloud:
         skipped=skipped,
         implausible=implausible,
         clipped=clipped,
+        lines=lines,
     )
 
 
 def read_xyzrgb(path: str | Path, *, scene: str | None = None) -> TextCloud:
     """Read one ``X Y Z R G B`` file (never modifies it)."""
+    require_regular_file(path, scene)  # a FIFO would block forever
     try:
         data = Path(path).read_bytes()
     except OSError as e:
@@ -206,6 +211,25 @@ def read_xyzrgb(path: str | Path, *, scene: str | None = None) -> TextCloud:
             fix="check that the S3DIS folder is completely extracted and readable",
         ) from e
     return parse_xyzrgb(data)
+
+
+def count_lines(path: str | Path, *, scene: str | None = None) -> int:
+    """Lines in a file (an unended last one too), read in blocks: a room file can be 500 MB."""
+    require_regular_file(path, scene)
+    n, last = 0, b"\n"
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(1 << 23):
+                n += block.count(b"\n")
+                last = block[-1:]
+    except OSError as e:
+        raise DatasetError(
+            f"cannot read ({e.strerror})",
+            file=path,
+            scene=scene,
+            fix="check that the S3DIS folder is completely extracted and readable",
+        ) from e
+    return n + (last != b"\n")
 
 
 def sniff_version(path: str | Path) -> str | None:
