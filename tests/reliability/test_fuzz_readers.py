@@ -35,10 +35,6 @@ def _known_gap(name: str, rel: Path, kind: str) -> str | None:
     """Damage the readers cannot yet tell from valid data (open items of issue #13)."""
     if rel.name.startswith(("scenes_", "scannetv2_")) and kind == "truncate":
         return "a shorter split list is a valid split list: the scene's split changes"
-    if name == "s3dis" and rel.suffix == ".txt" and kind == "truncate":
-        return "a point file cut at a line end holds fewer points (item 3: line checks)"
-    if name == "s3dis" and rel.parent.name == "Annotations" and kind in ("delete", "directory"):
-        return "a room is the union of its Annotations/*.txt: a missing object is not noticed"
     return None
 
 
