@@ -1,7 +1,7 @@
 """``tttkd-adapt``: test-time training and the baselines on a cache, scored; and ``sweep``.
 
-Options map one to one onto :class:`tttkd.adapt.config.AdaptConfig`; the resolved config is
-stored in ``results.json``.
+Options are generated from :class:`tttkd.adapt.config.AdaptConfig`'s fields (plus the inputs,
+outputs and ``--config``/``--set``); the resolved config is stored in ``results.json``.
 """
 
 from __future__ import annotations
@@ -12,60 +12,21 @@ from typing import Any
 import click
 
 from tttkd.adapt.config import AdaptConfig
-from tttkd.cli.adapt_options import DEFAULT as _DEFAULT
-from tttkd.cli.adapt_options import adapt_options as _options
+from tttkd.cli.adapt_options import SHARED_FIELDS, adapt_options
 from tttkd.cli.adapt_options import csv_list as _csv
 from tttkd.cli.guard import run_command
+from tttkd.cli.options import FieldOptions
+
+MAIN_FIELDS = FieldOptions(AdaptConfig, ["methods", *SHARED_FIELDS, "save_predictions", "save_ply"])
+SWEEP_FIELDS = FieldOptions(AdaptConfig, SHARED_FIELDS)
 
 
-def _device(name: str) -> str:
-    if name != "auto":
-        return name
-    import torch
+def _config(fields: FieldOptions, kw: dict[str, Any], **named: Any) -> AdaptConfig:
+    """Defaults <- ``--config`` files <- the options given <- ``--set`` (last wins)."""
+    from tttkd.settings import layered
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _config(methods: tuple[str, ...], kw: dict[str, Any], **extra: Any) -> AdaptConfig:
-    return AdaptConfig(
-        methods=methods,
-        steps=kw["steps"],
-        lr=kw["lr"],
-        momentum=kw["momentum"],
-        stride=kw["stride"],
-        online_steps=kw["online_steps"],
-        kd_loss=kw["kd_loss"],
-        rotations=kw["rotations"],
-        rotation_protocol=kw["rotation_protocol"],
-        bn_mode=kw["bn_mode"],
-        max_images=kw["max_images"],
-        divergence_ratio=kw["divergence_ratio"],
-        divergence_patience=kw["divergence_patience"],
-        bn_passes=kw["bn_passes"],
-        bn_momentum=kw["bn_momentum"],
-        bn_decay=kw["bn_decay"],
-        bn_min_momentum=kw["bn_min_momentum"],
-        bn_augment=kw["bn_augment"],
-        tent_lr=kw["tent_lr"],
-        tent_steps=kw["tent_steps"],
-        tent_episodic=kw["tent_episodic"],
-        tent_predict=kw["tent_predict"],
-        bn_online=kw["bn_online"],
-        ac_lr=kw["ac_lr"],
-        ac_steps=kw["ac_steps"],
-        ac_ema=kw["ac_ema"],
-        ac_neighbors=kw["ac_neighbors"],
-        ac_bank=kw["ac_bank"],
-        ac_samples=kw["ac_samples"],
-        seed=kw["seed"],
-        device=_device(kw["device"]),
-        threads=kw["threads"],
-        backend=kw["backend"],
-        cuda_graphs=kw["cuda_graphs"],
-        split=kw["split"],
-        scenes=_csv(kw["scenes"]),
-        **extra,
-    )
+    delta = {**fields.take(kw), **named}
+    return layered(AdaptConfig, kw.pop("config_files"), delta, kw.pop("sets"))
 
 
 def _dev_scenes(value: str | None) -> tuple[str, ...] | int | None:
@@ -92,32 +53,10 @@ def _errors() -> tuple[type[Exception], ...]:
     invoke_without_command=True,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
-@_options
-@click.option(
-    "--method",
-    "methods",
-    default=",".join(_DEFAULT.methods),
-    show_default=True,
-    help="comma-separated: source, ttt-kd, ttt-kd-online, bn, tent, ttt-mae (needs a "
-    "checkpoint trained with --ssl mae), adacontrast (one run, shared scenes)",
-)
-@click.option("--save-predictions", is_flag=True, help="write predictions/<method>/<scene>.npy")
-@click.option(
-    "--ply",
-    "save_ply",
-    is_flag=True,
-    help="with --save-predictions: also a coloured .ply per scene (voxel points)",
-)
+@adapt_options(MAIN_FIELDS)
 @click.option("--no-plots", is_flag=True, help="skip the PNG plots")
 @click.pass_context
-def cli(
-    ctx: click.Context,
-    methods: str,
-    save_predictions: bool,
-    save_ply: bool,
-    no_plots: bool,
-    **kw: Any,
-) -> None:
+def cli(ctx: click.Context, no_plots: bool, **kw: Any) -> None:
     """Test-time training (TTT-KD, offline and online) and baselines, scored per scene.
 
     \b
@@ -125,8 +64,9 @@ def cli(
         --method source,ttt-kd,ttt-kd-online,bn,tent --split val
     tttkd-adapt sweep --over steps,images --cache ... --checkpoint ... --out sweeps/NAME
 
-    Writes results.json (config, per-scene and overall mIoU / IoU per class, timings),
-    results.csv, table.md and PNG plots into --out.
+    Writes results.json (the resolved config, per-scene and overall mIoU / IoU per class,
+    timings), results.csv, table.md and PNG plots into --out; `--config results.json`
+    repeats the run.
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -135,7 +75,7 @@ def cli(
     from tttkd.adapt.runner import run_adaptation
 
     try:
-        cfg = _config(_csv(methods), kw, save_predictions=save_predictions, save_ply=save_ply)
+        cfg = _config(MAIN_FIELDS, kw)
         result = run_adaptation(
             cfg,
             kw["cache"],
@@ -152,7 +92,7 @@ def cli(
 
 
 @cli.command("sweep", context_settings={"max_content_width": 100})
-@_options
+@adapt_options(SWEEP_FIELDS)
 @click.option(
     "--over",
     default="steps",
@@ -222,7 +162,7 @@ def sweep_cmd(
             )
         pairs.append(TeacherPair(name, cache, ckpt))
     try:
-        base = _config((sweep_method,), kw)
+        base = _config(SWEEP_FIELDS, kw, methods=[sweep_method])
         rows = run_sweeps(
             base,
             kw["cache"],
