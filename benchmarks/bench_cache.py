@@ -111,7 +111,7 @@ def point_grid_rows(
             frames=("25k",),
             splits=["train"],
             image_size=(320, 240),
-            views_per_scene=views,
+            views=views,
             domain=Domain(spacing=spacing),
         )
         for div in divisors:

@@ -268,7 +268,7 @@ def _prep(tmp: Path, scenes: int, spacing: float) -> str:
         scenes,
         frames=("25k",),
         splits=["val"] * scenes,
-        views_per_scene=3,
+        views=3,
         domain=Domain(spacing=spacing),
     )
     out = str(tmp / "feats.zarr")

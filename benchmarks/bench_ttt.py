@@ -33,7 +33,7 @@ def _prep(tmp: Path, spacing: float, voxel: float) -> str:
 
     root = tmp / "scannet"
     write_scannet_dataset(
-        root, 1, frames=("25k",), splits=["val"], views_per_scene=4, domain=Domain(spacing=spacing)
+        root, 1, frames=("25k",), splits=["val"], views=4, domain=Domain(spacing=spacing)
     )
     out = str(tmp / "feats.zarr")
     cfg = PrepConfig(

@@ -82,6 +82,8 @@ class PrepConfig:
         a reader that must be told the label set (Pointcept layout) gets ``label_set``."""
         info = dataset_info(self.dataset)
         opts = dict(self.reader_options)
+        if opts.get("frames") == "none":  # tttkd-prep --frames none: the reader's frames=None
+            opts["frames"] = None
         if self.no_images:
             opts.update(info.points_only)
         if info.label_set_option and self.label_set:

@@ -37,6 +37,7 @@ import re
 import warnings
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 
@@ -49,6 +50,7 @@ from tttkd.pipeline.datasets.matterport_formats import (
     vertex_majority,
 )
 from tttkd.pipeline.datasets.matterport_frames import pair_views, region_frames
+from tttkd.pipeline.datasets.protocol import check_frames, check_max_views
 from tttkd.pipeline.errors import DatasetError
 from tttkd.pipeline.labels import get_label_set
 from tttkd.pipeline.scene import Frame, Scene, as_path
@@ -64,9 +66,14 @@ _ROOT_FIX = "pass the v1/scans folder of your Matterport3D download (it holds on
 
 
 def list_scenes(
-    root: str | Path, split: str | None = None, *, splits_dir: str | Path | None = None
+    root: str | Path,
+    split: str | None = None,
+    *,
+    splits_dir: str | Path | None = None,
+    **_load_options: Any,
 ) -> list[str]:
-    """``<house>/region<k>`` for every region on disk, or for the houses of ``split``."""
+    """``<house>/region<k>`` for every region on disk, or for the houses of ``split``
+    (options of ``load_scene`` are accepted and ignored: protocol.Reader)."""
     scans = _scans_root(root)
     houses = _houses(scans)
     if not houses:
@@ -99,9 +106,9 @@ def load_scene(
     root: str | Path,
     scene_id: str,
     *,
+    frames: Literal["auto"] | None = "auto",
     max_views: int | None = None,
     nearest_views: int = 100,
-    frames: bool = True,
     category_mapping: str | Path | None = None,
     splits_dir: str | Path | None = None,
     flip_cy: bool = False,
@@ -109,8 +116,10 @@ def load_scene(
     """One region as a :class:`Scene` (points, 21-class labels, paired frames; lazy images).
 
     ``max_views`` keeps that many of the paired frames, evenly spaced in file order;
-    ``frames=False`` reads the points only (no camera files needed).
+    ``frames=None`` reads the points only (no camera files needed).
     """
+    check_frames(frames, ("auto",), "Matterport3D")
+    check_max_views(max_views)
     scans = _scans_root(root)
     m = _SCENE_RE.match(scene_id)
     if m is None:
@@ -128,7 +137,7 @@ def load_scene(
     label = vertex_majority(mesh.faces, face_label, len(mesh.xyz), label_set.num_classes)
     sources = [str(ply), str(mapping_path)]
     frame_list: list[Frame] = []
-    if frames:
+    if frames is not None:
         conf = _house_conf(scans, house, scene_id)
         sources.append(str(conf.path))
         frame_list = region_frames(
@@ -373,7 +382,7 @@ def _conf_cached(stamp: tuple[str, int, int]) -> CameraConf:
 def _house_conf(scans: Path, house: str, scene_id: str) -> CameraConf:
     fix = (
         "download and extract undistorted_camera_parameters.zip of this house into v1/scans, "
-        "or call load_scene(..., frames=False) to read the points only"
+        "or call load_scene(..., frames=None) to read the points only"
     )
     d = _type_dir(scans, house, "undistorted_camera_parameters")
     path = (

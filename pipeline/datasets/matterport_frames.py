@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from tttkd.pipeline.datasets.matterport_formats import DEPTH_SCALE, CameraConf, opengl_to_opencv
+from tttkd.pipeline.datasets.protocol import evenly_spaced
 from tttkd.pipeline.errors import DatasetError
 from tttkd.pipeline.scene import Frame, ImageRef
 
@@ -55,16 +56,14 @@ def region_frames(
     centres = np.where(ok[:, None], c2w_gl[:, :3, 3], np.nan)
     lo, hi = xyz.min(axis=0).astype(np.float64), xyz.max(axis=0).astype(np.float64)
     idx = pair_views(centres, lo, hi, nearest_views)
-    if max_views is not None and len(idx) > max_views:
-        keep = np.unique(np.linspace(0, len(idx) - 1, max(1, max_views)).round().astype(int))
-        idx = idx[keep]
+    idx = np.asarray(evenly_spaced(idx, max_views), dtype=idx.dtype)
     if color_dir is None and len(idx):
         raise DatasetError(
             f"colour images not found ({conf.color_directory}/)",
             file=house_dir,
             scene=scene_id,
             fix="download and extract undistorted_color_images.zip into v1/scans, "
-            "or call load_scene(..., frames=False)",
+            "or call load_scene(..., frames=None)",
         )
     frames, missing, missing_names = [], 0, []
     for i in idx.tolist():

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 
+from tttkd.pipeline.datasets.protocol import check_frames, check_max_views
 from tttkd.pipeline.errors import DatasetError
 from tttkd.pipeline.labels import DATASET_LABEL_SET, LABEL_SETS, get_label_set
 from tttkd.pipeline.scene import IGNORE_INDEX, Scene, as_path
@@ -31,8 +33,9 @@ SEGMENT_FILES = ("segment20.npy", "segment.npy")  # tried in this order
 _FIX = "point at the output folder of Pointcept's preprocessing (<root>/<split>/<scene>/*.npy)"
 
 
-def list_scenes(root: str | Path, split: str | None = None) -> list[str]:
-    """``<split>/<scene>`` for every scene folder holding ``coord.npy``."""
+def list_scenes(root: str | Path, split: str | None = None, **_load_options: Any) -> list[str]:
+    """``<split>/<scene>`` for every scene folder holding ``coord.npy`` (options of
+    ``load_scene`` are accepted and ignored: protocol.Reader)."""
     root = _root(root)
     if split is None:
         splits = sorted(d.name for d in root.iterdir() if d.is_dir() and _scene_dirs(d))
@@ -55,6 +58,8 @@ def load_scene(
     root: str | Path,
     scene_id: str,
     *,
+    frames: Literal["auto"] | None = "auto",
+    max_views: int | None = None,
     label_set: str | None = None,
     dataset: str | None = None,
     ignore_index: int = IGNORE_INDEX,
@@ -64,7 +69,10 @@ def load_scene(
     """One processed scene. ``ignore_index`` is the value the files use for "no label" (some
     exports use 255); it becomes -1. Without a label file the scene is refused unless
     ``allow_unlabeled`` (default: only in a split folder named ``test``), then all labels are -1.
+    The layout has no images, so ``frames`` and ``max_views`` (protocol.Reader) change nothing.
     """
+    check_frames(frames, ("auto",), "Pointcept")
+    check_max_views(max_views)
     root = _root(root)
     parts = scene_id.split("/")
     if len(parts) != 2 or not all(parts):

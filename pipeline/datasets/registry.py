@@ -32,11 +32,11 @@ class DatasetInfo:
 _MOD = "tttkd.pipeline.datasets."
 DATASETS: dict[str, DatasetInfo] = {
     "scannet": DatasetInfo(
-        "scannet", _MOD + "scannet", True, "scannet20", None, (("frames", "none"),)
+        "scannet", _MOD + "scannet", True, "scannet20", None, (("frames", None),)
     ),
     "s3dis": DatasetInfo("s3dis", _MOD + "s3dis", True, "s3dis13", 50, (("with_frames", False),)),
     "matterport3d": DatasetInfo(
-        "matterport3d", _MOD + "matterport3d", True, "matterport21", 50, (("frames", False),)
+        "matterport3d", _MOD + "matterport3d", True, "matterport21", 50, (("frames", None),)
     ),
     "pointcept": DatasetInfo(
         "pointcept", _MOD + "pointcept", False, None, 50, label_set_option="label_set"

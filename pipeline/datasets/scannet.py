@@ -30,18 +30,20 @@ import warnings
 from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
 from tttkd.pipeline.datasets.ply import read_elements, require_properties
+from tttkd.pipeline.datasets.protocol import check_frames, check_max_views, evenly_spaced
 from tttkd.pipeline.datasets.scannet_frames import frames_from_sens, frames_from_tree
 from tttkd.pipeline.errors import DatasetError
 from tttkd.pipeline.labels import get_label_set
 from tttkd.pipeline.scene import IGNORE_INDEX, Frame, Scene
 from tttkd.pipeline.scene_timeout import require_regular_file
 
-FrameSource = Literal["auto", "25k", "exported", "sens", "none"]
+FrameSource = Literal["auto", "25k", "exported", "sens"]
+FRAME_SOURCES = ("auto", "25k", "exported", "sens")
 SPLITS = ("train", "val", "test")
 LABEL_TSV = "scannetv2-labels.combined.tsv"
 SENS_STRIDE = 100  # default: every 100th .sens frame, like the 25k subset
@@ -106,10 +108,12 @@ def list_scenes(
     *,
     splits_dir: str | Path | None = None,
     existing_only: bool = False,
+    **_load_options: Any,
 ) -> list[str]:
     """Scene ids of ``split`` as its split file lists them, or every scan folder (``None``).
 
-    ``existing_only`` keeps only the split's scenes whose scan folder is present.
+    ``existing_only`` keeps only the split's scenes whose scan folder is present; options of
+    ``load_scene`` are accepted and ignored (protocol.Reader).
     """
     root = Path(root)
     present = sorted(
@@ -342,7 +346,8 @@ def load_scene(
     root: str | Path,
     scene_id: str,
     *,
-    frames: FrameSource = "auto",
+    frames: FrameSource | None = "auto",
+    max_views: int | None = None,
     align: bool = False,
     frames_root: str | Path | None = None,
     frame_stride: int | None = None,
@@ -352,10 +357,20 @@ def load_scene(
 ) -> Scene:
     """One ScanNet scan as a :class:`Scene` (labels in scannet20 train ids, -1 = ignore).
 
-    ``frames``: ``"25k"``, ``"exported"``, ``"sens"``, ``"none"`` or ``"auto"`` (the first
-    of those three found, else none). ``frame_stride`` keeps frames whose ``.sens`` index is a
-    multiple of it (default: 100 for ``.sens`` and exports, all frames of the 25k subset).
+    ``frames``: ``"25k"``, ``"exported"``, ``"sens"``, ``"auto"`` (the first of those three
+    found, else none) or None (no frames). ``frame_stride`` keeps frames whose ``.sens`` index
+    is a multiple of it (default: 100 for ``.sens`` and exports, all frames of the 25k subset);
+    ``max_views`` then keeps that many, evenly spaced.
     """
+    if frames == "none":  # the spelling before protocol.Reader (tttkd-prep --frames none)
+        warnings.warn(
+            "ScanNet frames='none' is deprecated and will be removed; pass frames=None",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        frames = None
+    check_frames(frames, FRAME_SOURCES, "ScanNet")
+    check_max_views(max_views)
     root = Path(root)
     scan_dir = find_scan_dir(root, scene_id)
     is_test = scan_dir.parent.name == "scans_test"
@@ -380,8 +395,11 @@ def load_scene(
         sources += [*files, tsv]
     meta_path = scan_dir / f"{scene_id}.txt"
     meta = read_meta(meta_path, scene_id) if meta_path.is_file() else {}
-    frame_list = _load_frames(
-        root, scan_dir, scene_id, frames, frames_root, frame_stride, meta, color_calib_size
+    frame_list = evenly_spaced(
+        _load_frames(
+            root, scan_dir, scene_id, frames, frames_root, frame_stride, meta, color_calib_size
+        ),
+        max_views,
     )
     if align:
         A = axis_alignment(meta, _need(meta_path, scene_id, "download the scene's .txt"), scene_id)
@@ -409,7 +427,7 @@ def _load_frames(
     root: Path,
     scan_dir: Path,
     scene_id: str,
-    frames: FrameSource,
+    frames: FrameSource | None,
     frames_root: str | Path | None,
     stride: int | None,
     meta: dict[str, str],
@@ -425,13 +443,9 @@ def _load_frames(
         "sens": sens.is_file(),
     }
     if frames == "auto":
-        frames = next((k for k, ok in found.items() if ok), "none")  # type: ignore[assignment]
-    if frames == "none":
+        frames = next((k for k, ok in found.items() if ok), None)  # type: ignore[assignment]
+    if frames is None:
         return []
-    if frames not in found:
-        raise DatasetError(
-            f"unknown frames={frames!r}; use 'auto', '25k', 'exported', 'sens' or 'none'"
-        )
     if not found[frames]:
         where = {"25k": k25, "exported": exported, "sens": sens}[frames]
         raise DatasetError(
@@ -439,7 +453,7 @@ def _load_frames(
             file=where,
             scene=scene_id,
             fix="pass frames_root= pointing at the folder that holds <scene>/, choose another "
-            "frames= source, or frames='none'",
+            "frames= source, or frames=None",
         )
     if frames == "sens":
         return frames_from_sens(

@@ -80,7 +80,7 @@ def write_shift_benchmark(
                 frames=("25k",),
                 splits=[split] * n,
                 image_size=image_size,
-                views_per_scene=views,
+                views=views,
                 furniture=FURNITURE,
             )
         out[name] = d

@@ -99,28 +99,29 @@ def category_rows() -> list[tuple[int, str, str]]:
 
 def write_matterport_dataset(
     root: str | Path,
-    n_houses: int = 1,
+    num_scenes: int = 2,
     *,
+    views: int | Sequence[int] = 6,
+    image_size: tuple[int, int] = (160, 128),
     regions_per_house: int = 2,
     seed: int = 0,
     domain: Domain = SOURCE,
-    image_size: tuple[int, int] = (160, 128),
-    views_per_region: int | Sequence[int] = 6,
     spacing: float | None = None,
     fov_deg: float = 70.0,
     splits: Sequence[str] | None = None,
     house_ids: Sequence[str] | None = None,
     depth_dropout: float = 0.01,
 ) -> MatterportTruth:
-    """Write ``n_houses`` houses under ``root/v1/scans`` and return what was written.
+    """Write ``num_scenes`` regions under ``root/v1/scans`` and return what was written.
 
-    ``views_per_region`` (one number, or one per region) counts images; image ``j`` of a
-    region is panorama ``j // 18``, camera ``(j % 18) // 6``, yaw ``j % 6``. A region with 0
-    views tests the reader's nearest-camera fallback. ``spacing`` (default
-    ``domain.spacing``) is the mesh grid step. ``splits`` gives each house's split (default
-    train, val, test in turn); split lists and ``category_mapping.tsv`` go to
-    ``<scans>/tasks/benchmark`` and ``<scans>/metadata``. ``house_ids`` names the houses
-    (default: random 11-character ids like the real ones).
+    Regions are grouped ``regions_per_house`` to a house (the last house may hold fewer).
+    ``views`` (one number, or one per region of a house) counts the images of a region, each
+    ``image_size`` = (width, height) pixels; image ``j`` of a region is panorama ``j // 18``,
+    camera ``(j % 18) // 6``, yaw ``j % 6``. A region with 0 views tests the reader's
+    nearest-camera fallback. ``spacing`` (default ``domain.spacing``) is the mesh grid step.
+    ``splits`` gives each house's split (default train, val, test in turn); split lists and
+    ``category_mapping.tsv`` go to ``<scans>/tasks/benchmark`` and ``<scans>/metadata``.
+    ``house_ids`` names the houses (default: random 11-character ids like the real ones).
     """
     root = Path(root)
     scans = root / "v1" / "scans"
@@ -128,12 +129,13 @@ def write_matterport_dataset(
     rng = np.random.default_rng(seed)
     spacing = domain.spacing if spacing is None else spacing
     per_region = (
-        [int(views_per_region)] * regions_per_house
-        if isinstance(views_per_region, int)
-        else [int(v) for v in views_per_region]
+        [int(views)] * regions_per_house if isinstance(views, int) else [int(v) for v in views]
     )
     if len(per_region) != regions_per_house:
-        raise ValueError("views_per_region needs one count per region")
+        raise ValueError("views needs one count per region of a house (regions_per_house)")
+    if num_scenes < 1 or regions_per_house < 1:
+        raise ValueError("num_scenes and regions_per_house must be >= 1")
+    n_houses = -(-num_scenes // regions_per_house)
     rows = category_rows()
     cat_of = {name: idx for idx, name, _ in rows}
     no_class = [cat_of["storage"], cat_of["lamp"]]
@@ -147,7 +149,7 @@ def write_matterport_dataset(
         split = splits[h] if splits is not None else SPLITS[h % 3]
         split_lists[split].append(house)
         hdir = scans / house
-        rooms = _house_rooms(rng, regions_per_house)
+        rooms = _house_rooms(rng, min(regions_per_house, num_scenes - h * regions_per_house))
         boxes = [b for r in rooms for b in r.boxes]
         house_room = Room(name=house, size=(0.0, 0.0, 0.0), boxes=boxes)
         ht = HouseTruth(house, split, boxes, [])

@@ -37,7 +37,7 @@ class PointceptTruth:
 
 def write_pointcept_dataset(
     root: str | Path,
-    n_scenes: int = 2,
+    num_scenes: int = 2,
     *,
     seed: int = 0,
     domain: Domain = SOURCE,
@@ -46,14 +46,15 @@ def write_pointcept_dataset(
     segment_name: str | None = None,
     spacing: float | None = None,
 ) -> PointceptTruth:
-    """``n_scenes`` rooms under ``root/<split>/scene%04d_00/``. ``segment_name`` defaults to
-    ``segment20`` for scannet20 and ``segment`` otherwise (Pointcept's choice)."""
+    """``num_scenes`` rooms under ``root/<split>/scene%04d_00/``. ``segment_name`` defaults to
+    ``segment20`` for scannet20 and ``segment`` otherwise (Pointcept's choice). The layout has
+    no images, so there is no ``views`` or ``image_size``."""
     root = Path(root)
     ls = get_label_set(label_set)
     seg_name = segment_name or ("segment20" if label_set == "scannet20" else "segment")
     truth = PointceptTruth(root=root, label_set=label_set)
     rng = np.random.default_rng(seed)
-    for i in range(n_scenes):
+    for i in range(num_scenes):
         room = make_room(int(rng.integers(1 << 31)), name=f"scene{i:04d}_00")
         xyz, rgb, box = sample_points(room, domain.spacing if spacing is None else spacing, seed=i)
         rgb = domain.point_colors(rgb, seed=seed + i)

@@ -311,27 +311,28 @@ def default_splits(n: int) -> list[str]:
 
 def write_scannet_dataset(
     root: str | Path,
-    n_scenes: int,
+    num_scenes: int = 2,
     *,
+    views: int = 4,
+    image_size: tuple[int, int] = (162, 121),
     seed: int = 0,
     domain: Domain = SOURCE,
     frames: Sequence[str] = FRAME_KINDS,
     splits: Sequence[str] | None = None,
-    image_size: tuple[int, int] = (162, 121),
-    views_per_scene: int = 4,
     frame_step: int = 100,
     furniture: Sequence[str] = ("bed", "bookshelf", "table", "chair", "cabinet"),
     colors: dict[str, tuple[float, float, float]] | None = None,
 ) -> list[ScanNetTruth]:
-    """``n_scenes`` rooms as a ScanNet v2 root (scans, 25k subset, label map, split files)."""
+    """``num_scenes`` rooms as a ScanNet v2 root (scans, 25k subset, label map, split files),
+    each with ``views`` frames of ``image_size`` = (width, height) pixels."""
     for c in furniture:
         if c not in TSV_ROWS or (c not in FURNITURE and not (colors and c in colors)):
             raise ValueError(f"furniture class {c!r} cannot be written as ScanNet")
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    splits = list(splits) if splits is not None else default_splits(n_scenes)
-    if len(splits) != n_scenes:
-        raise ValueError(f"{len(splits)} split names for {n_scenes} scenes")
+    splits = list(splits) if splits is not None else default_splits(num_scenes)
+    if len(splits) != num_scenes:
+        raise ValueError(f"{len(splits)} split names for {num_scenes} scenes")
     truths, n_test = [], 0
     for i, split in enumerate(splits):
         sid = f"scene{707 + n_test:04d}_00" if split == "test" else f"scene{i:04d}_00"
@@ -347,7 +348,7 @@ def write_scannet_dataset(
                 seed=seed * 1000 + i,
                 frames=frames,
                 image_size=image_size,
-                views=views_per_scene,
+                views=views,
                 frame_step=frame_step,
                 meta_off_by_one=i == 0,
             )

@@ -40,7 +40,7 @@ def _build_cache(root: Path, out: Path) -> None:
         frames=("25k",),
         splits=["train"] * 2 + ["val"] * 3,
         image_size=(96, 72),
-        views_per_scene=3,
+        views=3,
         domain=Domain(spacing=0.15),
     )
     cfg = PrepConfig(

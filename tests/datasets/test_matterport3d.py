@@ -23,7 +23,7 @@ def house(tmp_path_factory) -> MatterportTruth:
     """One house, region0 with 8 views (two panorama cameras), region1 with none."""
     root = tmp_path_factory.mktemp("mp")
     return write_matterport_dataset(
-        root, 1, regions_per_house=2, views_per_region=[8, 0], spacing=0.12, image_size=IMAGE,
+        root, 2, regions_per_house=2, views=[8, 0], spacing=0.12, image_size=IMAGE,
         seed=3,
     )  # fmt: skip
 
@@ -44,7 +44,7 @@ def naive_vote(faces: np.ndarray, face_label: np.ndarray, n: int) -> np.ndarray:
 
 def test_points_and_labels_round_trip(house: MatterportTruth) -> None:
     for sid, truth in house.regions.items():
-        scene = mp.load_scene(house.scans_root, sid, frames=False)
+        scene = mp.load_scene(house.scans_root, sid, frames=None)
         assert scene.id == sid and scene.dataset == "matterport3d" and scene.split == "train"
         assert scene.label_set == "matterport21" and scene.frames == []
         np.testing.assert_array_equal(scene.xyz, truth.mesh.xyz)
@@ -52,7 +52,7 @@ def test_points_and_labels_round_trip(house: MatterportTruth) -> None:
         np.testing.assert_array_equal(scene.label, truth.label)
     # The vote itself, against a plain-Python count on one region.
     t = house.regions[house.scene_ids[0]]
-    scene = mp.load_scene(house.scans_root, t.scene_id, frames=False)
+    scene = mp.load_scene(house.scans_root, t.scene_id, frames=None)
     np.testing.assert_array_equal(
         scene.label, naive_vote(t.mesh.faces, t.mesh.face_label, len(t.mesh.xyz))
     )
@@ -214,11 +214,11 @@ def test_splits_layouts_and_metadata_locations(house: MatterportTruth, tmp_path:
     (bench / "scenes_train.txt").write_text("")
     with pytest.warns(UserWarning, match="1 of 2 houses"):
         assert mp.list_scenes(scans, "val") == ids
-    assert mp.load_scene(scans, ids[0], frames=False).split == "val"
+    assert mp.load_scene(scans, ids[0], frames=None).split == "val"
     # Metadata beside v1/ (a clone of github.com/niessner/Matterport) and splits_dir=.
     shutil.move(scans / "metadata", root / "metadata")
     shutil.move(scans / "tasks", root / "tasks")
-    assert mp.load_scene(scans, ids[0], frames=False).split == "val"
+    assert mp.load_scene(scans, ids[0], frames=None).split == "val"
     with pytest.warns(UserWarning, match="not on disk"):
         assert mp.list_scenes(scans, "val", splits_dir=root / "tasks" / "benchmark") == ids
     # The doubled <house>/<house>/ layout of zips unzipped inside the house folder.

@@ -75,7 +75,7 @@ def test_list_scenes_with_the_real_split_files(mp_data: Path, tmp_path: Path) ->
     val = read_split_file(mp_data / "scenes_val.txt")
     test = read_split_file(mp_data / "scenes_test.txt")
     truth = write_matterport_dataset(
-        tmp_path, 2, regions_per_house=1, views_per_region=0, spacing=0.3,
+        tmp_path, 2, regions_per_house=1, views=0, spacing=0.3,
         house_ids=[val[0], test[-1]], splits=["val", "test"],
     )  # fmt: skip
     scans = truth.scans_root

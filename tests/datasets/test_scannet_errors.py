@@ -30,7 +30,7 @@ def pristine(tmp_path_factory) -> Path:
         seed=5,
         domain=Domain(spacing=0.12),
         splits=["train", "test"],
-        views_per_scene=2,
+        views=2,
         frame_step=2,
         image_size=(64, 48),
     )
@@ -117,12 +117,12 @@ def test_missing_or_corrupt_aggregation(root) -> None:
 
 
 def test_unknown_raw_category_is_ignored_not_guessed(root) -> None:
-    before = _load(root, frames="none")
+    before = _load(root, frames=None)
     agg = _scan(root, "{sid}.aggregation.json")
     d = json.loads(agg.read_text())
     d["segGroups"][0]["label"] = "no such category"  # the floor
     agg.write_text(json.dumps(d))
-    after = _load(root, frames="none")
+    after = _load(root, frames=None)
     floor = before.label == 1
     assert floor.any() and (after.label[floor] == -1).all()
     np.testing.assert_array_equal(after.label[~floor], before.label[~floor])
@@ -164,7 +164,7 @@ def test_missing_frame_source(root) -> None:
 
 def test_align_on_a_test_scan(root) -> None:
     _raises(
-        lambda: scannet.load_scene(root, "scene0707_00", align=True, frames="none"),
+        lambda: scannet.load_scene(root, "scene0707_00", align=True, frames=None),
         "scene0707_00",
         "axisAlignment",
     )

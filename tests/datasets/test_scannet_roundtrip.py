@@ -25,7 +25,7 @@ def dataset(tmp_path_factory):
         seed=3,
         domain=Domain(spacing=0.08),
         splits=["train", "val", "test"],
-        views_per_scene=3,
+        views=3,
         frame_step=STEP,
     )
     return root, {t.scene_id: t for t in truths}
@@ -47,7 +47,7 @@ def test_list_scenes_and_splits(dataset) -> None:
 def test_points_colours_and_labels_exact(dataset) -> None:
     root, truths = dataset
     for sid, t in truths.items():
-        s = scannet.load_scene(root, sid, frames="none")
+        s = scannet.load_scene(root, sid, frames=None)
         assert (s.id, s.dataset, s.split, s.label_set) == (sid, "scannet", t.split, "scannet20")
         np.testing.assert_array_equal(s.xyz, t.xyz)
         np.testing.assert_array_equal(s.rgb, t.rgb)

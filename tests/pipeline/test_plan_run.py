@@ -71,7 +71,7 @@ def test_config_validation_and_image_policy():
     assert rec["selection"] == "random" and rec["max_images"] == 50
     assert rec["correspondence"]["depth_abs_tol"] == 0.1
     assert cfg(no_images=True).image_policy_record() == {"selection": "none", "no_images": True}
-    assert cfg(no_images=True).load_options() == {"frames": "none"}
+    assert cfg(no_images=True).load_options() == {"frames": None}
 
 
 def _frame(name: str, c2w: np.ndarray | None = None) -> Frame:
@@ -115,7 +115,7 @@ def dataset(tmp_path_factory):
         frames=("25k",),
         splits=["train"] * 6 + ["val"] * 2,
         image_size=(64, 48),
-        views_per_scene=3,
+        views=3,
         domain=Domain(spacing=0.06),
     )
     return root, {t.scene_id: t for t in truths}
@@ -214,7 +214,7 @@ def other_datasets(tmp_path_factory) -> dict[str, dict]:
     s3 = tmp_path_factory.mktemp("s3dis")
     write_s3dis_dataset(s3, rooms_per_area=1, image_size=48, views_per_room=2)
     mp = tmp_path_factory.mktemp("matterport")
-    write_matterport_dataset(mp, 1, regions_per_house=2, image_size=(48, 40), views_per_region=3)
+    write_matterport_dataset(mp, 2, regions_per_house=2, image_size=(48, 40), views=3)
     return {
         "s3dis": dict(root=s3 / "Stanford3dDataset_v1.2", reader_options={"images_root": str(s3)}),
         "matterport3d": dict(root=mp, reader_options={}),

@@ -26,7 +26,7 @@ def root(tmp_path_factory) -> Path:
         frames=("25k",),
         splits=["train", "val"],
         image_size=(64, 48),
-        views_per_scene=2,
+        views=2,
         domain=Domain(spacing=0.08),
     )
     return root

@@ -38,7 +38,7 @@ def write_scannet(tmp_path_factory) -> Callable[[str, list[str]], Path]:
             frames=("25k",),
             splits=splits,
             image_size=(64, 48),
-            views_per_scene=2,
+            views=2,
             domain=Domain(spacing=0.08),
         )
         return root

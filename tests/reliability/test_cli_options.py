@@ -29,7 +29,7 @@ def files(tmp_path_factory) -> dict[str, str]:
     Cache.create(str(cache), synthetic_meta(teacher=teacher)).write_scene(synthetic_record("s0"))
     from tttkd.pipeline.synthetic.scannet_writer import write_scannet_dataset
 
-    write_scannet_dataset(d / "root", 1, frames=("25k",), image_size=(64, 48), views_per_scene=2)
+    write_scannet_dataset(d / "root", 1, frames=("25k",), image_size=(64, 48), views=2)
     (d / "a_file").write_text("x")
     run = d / "run"  # a run whose last checkpoint was damaged
     run.mkdir()

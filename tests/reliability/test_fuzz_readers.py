@@ -41,9 +41,7 @@ def _known_gap(name: str, rel: Path, kind: str) -> str | None:
 def _scannet(root: Path) -> dict:
     from tttkd.pipeline.synthetic.scannet_writer import write_scannet_dataset
 
-    write_scannet_dataset(
-        root, 1, frames=("25k",), splits=["train"], image_size=(32, 24), views_per_scene=2
-    )
+    write_scannet_dataset(root, 1, frames=("25k",), splits=["train"], image_size=(32, 24), views=2)
     return {"frames": "25k"}
 
 
@@ -58,7 +56,7 @@ def _matterport(root: Path) -> dict:
     from tttkd.pipeline.synthetic.matterport_writer import write_matterport_dataset
 
     write_matterport_dataset(
-        root, 1, regions_per_house=1, image_size=(32, 24), views_per_region=2, spacing=0.2
+        root, 1, regions_per_house=1, image_size=(32, 24), views=2, spacing=0.2
     )
     return {}
 

@@ -38,7 +38,7 @@ def test_unknown_segment_ids_name_the_aggregation_file(root):
     agg["segGroups"][0]["segments"] = [10**7 + s for s in agg["segGroups"][0]["segments"]]
     _agg(root).write_text(json.dumps(agg))
     with pytest.raises(DatasetError) as e:
-        scannet.load_scene(root, SCENE, frames="none")
+        scannet.load_scene(root, SCENE, frames=None)
     msg = str(e.value)
     assert str(_agg(root)) in msg and "segGroups[0]" in msg and "segment ids" in msg
 
@@ -50,7 +50,7 @@ def test_a_non_numeric_nyu40id_names_the_row(root):
     _edit_tsv(root, bad)
     scannet._label_map.cache_clear()
     with pytest.raises(DatasetError) as e:
-        scannet.load_scene(root, SCENE, frames="none")
+        scannet.load_scene(root, SCENE, frames=None)
     assert str(root / TSV) in str(e.value) and "line 3" in str(e.value), str(e.value)
     assert "'chair'" in str(e.value)
 

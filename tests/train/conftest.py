@@ -37,7 +37,7 @@ def train_cache(tmp_path_factory) -> str:
         frames=("25k",),
         splits=["train"] * 3 + ["val"],
         image_size=(64, 48),
-        views_per_scene=3,
+        views=3,
         domain=Domain(spacing=0.08),
     )
     out = base / "feats.zarr"
