@@ -24,8 +24,10 @@ __all__ = [
     "CommaList",
     "DeviceType",
     "FieldOptions",
+    "NumberList",
     "config_file_options",
     "deprecated_alias",
+    "leaf_paths",
     "split_commas",
 ]
 
@@ -74,6 +76,39 @@ class CommaList(click.ParamType):
 
     def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
         return "ID[,ID...]"
+
+
+class NumberList(click.ParamType):
+    """Numbers as one comma list (``--scale 0.8,1.2``), each converted to ``item``."""
+
+    name = "numbers"
+
+    def __init__(self, item: type) -> None:
+        self.item = item
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return "X[,X...]"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> tuple:
+        if isinstance(value, tuple):
+            return value
+        try:
+            return tuple(self.item(v) for v in split_commas(str(value)))
+        except ValueError:
+            self.fail(f"{value!r} is not a comma list of numbers", param, ctx)
+
+
+def leaf_paths(cls: type, prefix: str = "") -> list[str]:
+    """Dotted paths of every non-dataclass field of the (nested) dataclass ``cls``."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            out += leaf_paths(tp, f"{prefix}{f.name}.")
+        else:
+            out.append(f"{prefix}{f.name}")
+    return out
 
 
 def split_commas(values: Iterable[str] | str | None) -> tuple[str, ...]:
@@ -187,16 +222,20 @@ class FieldOptions:
                 decl = decl if "/" in decl else f"{decl}/--no-{decl[2:]}"
                 return click.option(decl, param, default=default, **kw)
             return click.option(decl, param, is_flag=True, default=default, **kw)
-        if get_origin(_plain_type(tp)) is tuple and get_args(tp)[-1] is Ellipsis:
-            return click.option(
-                decl,
-                param,
-                type=CommaList(),
-                multiple=True,
-                default=default,
-                callback=lambda ctx, p, v: split_commas(v),
-                **kw,
-            )
+        if get_origin(_plain_type(tp)) is tuple:
+            item = get_args(_plain_type(tp))[0]
+            if item is str:  # ids: repeatable and comma lists
+                return click.option(
+                    decl,
+                    param,
+                    type=CommaList(),
+                    multiple=True,
+                    default=default,
+                    callback=lambda ctx, p, v: split_commas(v),
+                    **kw,
+                )
+            shown = ",".join(f"{v:g}" for v in default)  # as it is typed
+            return click.option(decl, param, type=NumberList(item), default=shown, **kw)
         return click.option(decl, param, type=_click_type(meta, tp), default=default, **kw)
 
     def __call__(self, fn: Callable) -> Callable:
