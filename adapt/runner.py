@@ -1,10 +1,12 @@
-"""``tttkd-adapt``'s library entry: several methods over one stream of scenes, scored.
+"""``tttkd-adapt``'s library entry: several methods over a stream of scenes, scored.
 
-Each scene is read from the cache once (points, a seeded image subset, teacher targets
-sampled once on the device); its views (one per rotation: voxel coordinates, sparse context,
-kernel maps) are built once and warmed by one forward pass, and then every method processes
-it in turn. Methods keep their own weights, so online methods see the stream in order while
-offline ones reset per scene. Scores are at full resolution on the cache's labels.
+Three steps: :func:`prepare_run` opens the cache and checkpoint once and resolves what every
+task needs; the tasks (``adapt.tasks``: one per scene for the offline methods, which read it
+once and process it in turn; one per online method over the whole stream, in order) run in
+this process or on a Dask cluster (``adapt.parallel``), optionally stored as they finish
+(``adapt.resume``); :func:`summarize` merges their records in a fixed order, so where and in
+which order tasks ran never changes a result. Scores are at full resolution on the cache's
+labels.
 """
 
 from __future__ import annotations
@@ -22,23 +24,23 @@ import torch
 
 import tttkd
 from tttkd.adapt.config import AdaptConfig, AdaptConfigError
-from tttkd.adapt.evaluation import Evaluator, LabelMapping, full_resolution, label_mapping
-from tttkd.adapt.methods import METHODS, Method, SceneOutcome, make_method
-from tttkd.adapt.rotations import rotation_angles
-from tttkd.adapt.scenes import SceneData, load_scene
-from tttkd.adapt.ttt import synchronize
-from tttkd.model.checkpoint import CheckpointError, CheckpointInfo, load_checkpoint
-from tttkd.model.network import SegKDNet
+from tttkd.adapt.evaluation import Evaluator, LabelMapping, label_mapping
+from tttkd.adapt.methods import METHODS, SceneOutcome, make_method
+from tttkd.adapt.tasks import RunSpec, load_network, plan_tasks
+from tttkd.model.checkpoint import CheckpointError, CheckpointInfo
 from tttkd.model.sparse.select import backend_line, resolve_backend
 from tttkd.pipeline.cache import Cache
 
 __all__ = [
     "AdaptResult",
+    "RunSetup",
     "check_teacher",
     "network_voxel_size",
+    "prepare_run",
     "run_adaptation",
     "select_scenes",
     "selection_overlap",
+    "summarize",
 ]
 
 _TEACHER_KEYS = ("name", "arch", "weights_sha256", "dim", "tokens")
@@ -152,62 +154,41 @@ def _peak_memory_mb(device: torch.device) -> dict[str, float]:
     return out
 
 
-def _warm_views(net: SegKDNet, scene: SceneData, angles: list[float]) -> float:
-    """Build every view's context and kernel maps (one no-grad forward); returns ms."""
-    synchronize(scene.device)
-    t0 = time.perf_counter()
-    was = net.training
-    net.eval()
-    with torch.no_grad():
-        for a in angles:
-            view = scene.view(a)
-            net.features(view.feats, view.context)
-    net.train(was)
-    synchronize(scene.device)
-    return (time.perf_counter() - t0) * 1e3
+@dataclass
+class RunSetup:
+    """What the driver resolves once: the tasks' :class:`RunSpec` and the run's metadata."""
+
+    spec: RunSpec
+    info: CheckpointInfo
+    cache: Cache
+    scene_ids: list[str]
+    online: set[str]  # methods whose scenes form one ordered stream (one task)
+    reused: list[str]  # scored scenes that selected the checkpoint
+    notes: list[str]
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What stored outcomes depend on (``resume.OutcomeStore``)."""
+        from tttkd.adapt.resume import code_hash, file_sha256
+
+        s = self.spec
+        return {
+            "config": s.cfg.to_dict(),
+            "cache": s.cache_url,
+            "checkpoint": s.checkpoint,
+            "checkpoint_sha256": file_sha256(s.checkpoint),
+            "scenes": self.scene_ids,
+            "code": code_hash(),
+        }
 
 
-def _save_prediction(
-    out: Path, method: str, scene: SceneData, pred: np.ndarray, ply: bool, palette: np.ndarray
-) -> None:
-    from tttkd.adapt.export import save_prediction
-
-    save_prediction(out, method, scene, pred, ply=ply, palette=palette)
-
-
-def run_adaptation(
-    cfg: AdaptConfig,
-    cache_url: str,
-    checkpoint: str | Path,
-    *,
-    out: str | Path | None = None,
-    echo: Callable[[str], None] = print,
-    progress: bool = True,
-    on_scene: Callable[[str, str, SceneOutcome], None] | None = None,
-) -> AdaptResult:
-    """Adapt and score every selected scene with every method of ``cfg``."""
-    for name in cfg.methods:
-        if name not in METHODS:
-            raise AdaptConfigError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
-    threads = torch.get_num_threads()
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    try:
-        return _run(cfg, cache_url, checkpoint, out, echo, progress, on_scene)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _run(
+def prepare_run(
     cfg: AdaptConfig,
     cache_url: str,
     checkpoint: str | Path,
     out: str | Path | None,
     echo: Callable[[str], None],
-    progress: bool,
-    on_scene: Callable[[str, str, SceneOutcome], None] | None,
-) -> AdaptResult:
-    torch.manual_seed(cfg.seed)
+) -> RunSetup:
+    """Open the cache and checkpoint, check they fit, resolve backend and scenes."""
     device = torch.device(cfg.device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -216,12 +197,7 @@ def _run(
     # adacontrast, bn, tent and source also run on points-only caches)
     distils = any(METHODS[m].uses_teacher for m in cfg.methods)
     teacher_dim = (int(cache.meta.teacher.get("dim", 0)) or None) if distils else None
-    net, info = load_checkpoint(
-        checkpoint,
-        backend=None if cfg.backend == "auto" else cfg.backend,
-        device=device,
-        expect_teacher_dim=teacher_dim,
-    )
+    net, info = load_network(str(checkpoint), cfg, teacher_dim)
     notes = check_teacher(info, cache) if distils else []
     voxel_size, voxel_notes = network_voxel_size(info, cache)
     notes += voxel_notes
@@ -243,74 +219,131 @@ def _run(
         )
         echo(warning)
         notes.append(warning)
-    methods: dict[str, Method] = {m: make_method(m, net, cfg) for m in cfg.methods}
-    evaluators = {m: Evaluator(mapping) for m in cfg.methods}
-    per_scene: dict[str, dict[str, dict]] = {m: {} for m in cfg.methods}
-    method_seconds = dict.fromkeys(cfg.methods, 0.0)
-    step_ms: dict[str, list[float]] = {m: [] for m in cfg.methods}
-    angles = rotation_angles(cfg.rotations)
-    palette = _palette(info)
-    out_dir = Path(out) if out is not None else None
-    load_s = warm_ms = 0.0
-    t_run = time.perf_counter()
-    bar = _bar(len(scene_ids), progress, echo)
+    online = {m for m in cfg.methods if make_method(m, net, cfg).online}
+    spec = RunSpec(
+        cfg=cfg,
+        cache_url=cache_url,
+        checkpoint=str(checkpoint),
+        teacher_dim=teacher_dim,
+        backend=backend,
+        voxel_size=voxel_size,
+        teacher=any(METHODS[m].uses_teacher for m in cfg.methods),
+        mapping=mapping,
+        palette=_palette(info),
+        out=str(out) if out is not None else None,
+    )
+    return RunSetup(spec, info, cache, scene_ids, online, reused, notes)
+
+
+def run_adaptation(
+    cfg: AdaptConfig,
+    cache_url: str,
+    checkpoint: str | Path,
+    *,
+    out: str | Path | None = None,
+    echo: Callable[[str], None] = print,
+    progress: bool = True,
+    on_scene: Callable[[str, str, SceneOutcome], None] | None = None,
+    executor: Any = None,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> AdaptResult:
+    """Adapt and score every selected scene with every method of ``cfg``.
+
+    ``executor``: a ``DaskExecutor`` to run the tasks on (default: this process).
+    ``resume``: keep each finished (method, scene) in ``out/outcomes`` and skip those already
+    there (the command line's behaviour); another config there is refused unless ``overwrite``.
+    """
+    for name in cfg.methods:
+        if name not in METHODS:
+            raise AdaptConfigError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+    if resume and out is None:
+        raise AdaptConfigError("resume needs an output folder (--out)")
+    threads = torch.get_num_threads()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     try:
-        for sid in scene_ids:
-            scene = load_scene(
-                cache,
-                sid,
-                device=device,
-                backend=backend,
-                max_images=cfg.max_images,
-                seed=cfg.seed,
-                voxel_size=voxel_size,
-                teacher=any(m.uses_teacher for m in methods.values()),
-            )
-            load_s += scene.read_seconds
-            warm_ms += _warm_views(net, scene, angles)
-            target = scene.record.full_label
-            for name, method in methods.items():
-                synchronize(device)
-                outcome = method.process(scene)
-                synchronize(device)
-                method_seconds[name] += outcome.seconds
-                step_ms[name].extend(outcome.step_ms)
-                pred = outcome.logits.argmax(1).numpy()
-                pred_full = full_resolution(pred, scene.record.voxel_of_point)
-                scores = evaluators[name].add(pred_full, target)
-                per_scene[name][sid] = {**scores, **outcome.summary()}
-                if outcome.fallback is not None:
+        torch.manual_seed(cfg.seed)
+        t_run = time.perf_counter()
+        setup = prepare_run(cfg, cache_url, checkpoint, out, echo)
+        store = None
+        if resume:
+            from tttkd.adapt.resume import OutcomeStore
+
+            store = OutcomeStore(out, setup.fingerprint(), overwrite=overwrite)
+        records = _execute(setup, store, executor, progress, echo, on_scene)
+        return summarize(setup, records, time.perf_counter() - t_run, executor, echo)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _execute(
+    setup: RunSetup,
+    store: Any,
+    executor: Any,
+    progress: bool,
+    echo: Callable[[str], None],
+    on_scene: Callable[[str, str, SceneOutcome], None] | None,
+) -> dict[tuple[str, str], dict]:
+    """Every (method, scene) record: read back from ``store`` or computed (and stored)."""
+    from tttkd.adapt.parallel import run_tasks
+
+    methods, scenes = list(setup.spec.cfg.methods), setup.scene_ids
+    done = store.done(methods, scenes) if store is not None else set()
+    tasks = plan_tasks(methods, setup.online, scenes, done)
+    records = {pair: store.read(*pair) for pair in done} if store is not None else {}
+    if done:
+        echo(f"resuming: {len(done)} (method, scene) outcome(s) found in {store.root}, "
+             f"{len(tasks)} task(s) to run")  # fmt: skip
+    bar = _bar(len(tasks), progress, echo)
+    try:
+        for _, got in run_tasks(setup.spec, tasks, executor, on_scene):
+            for rec in got:
+                if store is not None:
+                    store.write(rec)
+                records[rec["method"], rec["scene"]] = rec
+                fb = rec["record"].get("fallback")
+                if fb:
                     bar.write(
-                        f"{name}: {sid} fell back to the unadapted prediction "
-                        f"({outcome.fallback.reason})"
+                        f"{rec['method']}: {rec['scene']} fell back to the unadapted prediction "
+                        f"({fb['reason']})"
                     )
-                if out_dir is not None and cfg.save_predictions:
-                    _save_prediction(out_dir, name, scene, pred_full, cfg.save_ply, palette)
-                if on_scene is not None:
-                    on_scene(name, sid, outcome)
-            scene.drop_views()
             bar.update(1)
-            bar.set_postfix(
-                {m: f"{evaluators[m].overall()['miou'] * 100:.1f}" for m in cfg.methods}
-            )
     finally:
         bar.close()
-    total_s = time.perf_counter() - t_run
-    n = len(scene_ids)
+    return records
+
+
+def summarize(
+    setup: RunSetup,
+    records: dict[tuple[str, str], dict],
+    total_s: float,
+    executor: Any,
+    echo: Callable[[str], None],
+) -> AdaptResult:
+    """Merge the records in a fixed order (methods, then scenes as selected)."""
+    spec, info, cache = setup.spec, setup.info, setup.cache
+    cfg, scene_ids, n = spec.cfg, setup.scene_ids, len(setup.scene_ids)
+    device = torch.device(cfg.device)
     results: dict[str, dict[str, Any]] = {}
-    for name in methods:
+    for name in cfg.methods:
+        mine = [records[name, sid] for sid in scene_ids]
+        evaluator = Evaluator(spec.mapping)
+        for rec in mine:
+            evaluator.confusion += np.asarray(rec["confusion"], dtype=np.int64)
+        per_scene = {rec["scene"]: rec["record"] for rec in mine}
         fallbacks = [
             {"scene": sid, **rec["fallback"]}
-            for sid, rec in per_scene[name].items()
+            for sid, rec in per_scene.items()
             if rec.get("fallback")
         ]
-        ms = step_ms[name]
-        secs = method_seconds[name]
+        ms = [t for rec in mine for t in rec["step_ms"]]
+        secs = sum(rec["record"]["seconds"] for rec in mine)
         results[name] = {
-            "overall": evaluators[name].overall(),
-            "scenes": per_scene[name],
+            "overall": evaluator.overall(),
+            "scenes": per_scene,
             "fallbacks": fallbacks,
-            "updates": sum(1 for r in per_scene[name].values() if r["updated"]),
+            "updates": sum(1 for r in per_scene.values() if r["updated"]),
             "timing": {
                 "seconds": secs,
                 "scenes_per_s": n / secs if secs > 0 else math.inf,
@@ -323,13 +356,17 @@ def _run(
                 f"{name}: {len(fallbacks)} scene(s) fell back to the unadapted prediction: "
                 + ", ".join(f"{f['scene']} ({f['reason']})" for f in fallbacks)
             )
+    everything = list(records.values())
+    peak = _peak_memory_mb(device)
+    peak["peak_rss_mb"] = max([peak["peak_rss_mb"]] + [r["peak_rss_mb"] for r in everything])
     timing = {
         "total_seconds": total_s,
-        "read_seconds": load_s,
-        "view_build_ms": warm_ms,
+        "read_seconds": sum(r["read_seconds"] for r in everything),
+        "view_build_ms": sum(r["view_build_ms"] for r in everything),
         "device": str(device),
-        "torch_threads": torch.get_num_threads(),
-        **_peak_memory_mb(device),
+        "torch_threads": torch.get_num_threads() if executor is None else 1,
+        "executor": "serial" if executor is None else "dask",
+        **peak,
     }
     return AdaptResult(
         config=cfg.to_dict(),
@@ -338,25 +375,25 @@ def _run(
             "dataset": cache.meta.dataset,
             "label_set": cache.meta.label_set,
             "voxel_size": cache.meta.voxel_size,
-            "network_voxel_size": voxel_size,
+            "network_voxel_size": spec.voxel_size,
             "teacher": cache.meta.teacher,
             "feature_codec": cache.meta.feature_codec,
         },
         checkpoint={
-            "path": str(checkpoint),
+            "path": spec.checkpoint,
             "label_set": info.label_set,
             "arch": info.arch.get("name"),
-            "backend": backend,
+            "backend": spec.backend,
             "teacher": info.teacher_spec.get("name"),
             "selected_on": info.selected_on,
-            "scored_scenes_that_selected_it": reused,
+            "scored_scenes_that_selected_it": setup.reused,
         },
-        evaluation=mapping.to_dict(),
+        evaluation=spec.mapping.to_dict(),
         scenes=scene_ids,
         methods=results,
         timing=timing,
-        class_names=list(mapping.class_names),
-        notes=notes,
+        class_names=list(spec.mapping.class_names),
+        notes=setup.notes,
     )
 
 
@@ -373,7 +410,7 @@ def _bar(total: int, enabled: bool, echo: Callable[[str], None]) -> Any:
     if enabled:
         from tqdm import tqdm
 
-        return tqdm(total=total, unit="scene", desc="adapt", dynamic_ncols=True)
+        return tqdm(total=total, unit="task", desc="adapt", dynamic_ncols=True)
 
     class _Quiet:
         def update(self, n: int) -> None: ...
