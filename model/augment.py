@@ -105,10 +105,18 @@ def centre(ps: PointSet) -> PointSet:
 
 
 def rotate_z(ps: PointSet, angle: float) -> PointSet:
-    """Rotation by ``angle`` radians about the up axis (+Z)."""
+    """Rotation by ``angle`` radians about the up axis (+Z).
+
+    Written per column, not as ``xyz @ R.T``: on 2 busy cores OpenBLAS's threaded [N, 3] x
+    [3, 3] product took 80-190 ms per 150k-point view (2 ms this way); results agree to 1 ulp.
+    """
     c, s = np.cos(angle), np.sin(angle)
-    rot = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
-    return replace(ps, xyz=ps.xyz @ rot.T)
+    x, y = ps.xyz[:, 0], ps.xyz[:, 1]
+    out = np.empty_like(ps.xyz)
+    out[:, 0] = c * x - s * y
+    out[:, 1] = s * x + c * y
+    out[:, 2] = ps.xyz[:, 2]
+    return replace(ps, xyz=out)
 
 
 def mirror(ps: PointSet, flip_x: bool, flip_y: bool) -> PointSet:

@@ -145,3 +145,12 @@ def test_mix3d_keeps_both_scenes_pairs_apart():
     np.testing.assert_array_equal(vals[mb], 10 + b.corr_image)
     np.testing.assert_array_equal(vals[ma], a.corr_image)
     np.testing.assert_array_equal(m.xyz[300:], b.xyz)
+
+
+@pytest.mark.parametrize("angle", [0.0, 0.7, -2.5, np.pi])
+def test_rotate_z_equals_the_rotation_matrix_product(angle):
+    """The per-column rotation (fast on busy cores) gives the matrix product's points."""
+    ps = point_set(3000)
+    c, s = np.cos(angle), np.sin(angle)
+    expected = ps.xyz @ np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]).T
+    np.testing.assert_allclose(A.rotate_z(ps, angle).xyz, expected, rtol=0, atol=1e-12)
