@@ -8,20 +8,27 @@ demo benchmark.
 from __future__ import annotations
 
 import importlib
-import inspect
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
 from tttkd.cli.guard import run_command
+from tttkd.cli.options import deprecated_alias
+from tttkd.pipeline.synthetic.defaults import IMAGE_SIZE, NUM_SCENES, VIEWS
 
-# dataset -> (writer module, function); imported only when asked for.
+# dataset -> (writer module, function); imported only when asked for. Every writer is called
+# as fn(root, num_scenes, views=, image_size=(w, h), seed=, domain=) (ScanNet also frames=).
 WRITERS = {
     "scannet": ("tttkd.pipeline.synthetic.scannet_writer", "write_scannet_dataset"),
     "s3dis": ("tttkd.pipeline.synthetic.s3dis_writer", "write_s3dis_dataset"),
     "matterport3d": ("tttkd.pipeline.synthetic.matterport_writer", "write_matterport_dataset"),
 }
+
+
+def _per_dataset(values: dict[str, Any], fmt: Callable[[Any], str] = str) -> str:
+    return ", ".join(f"{name} {fmt(values[name])}" for name in sorted(WRITERS))
 
 
 def _size(_ctx: click.Context, _param: click.Parameter, value: str | None):
@@ -30,13 +37,14 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str | None):
     try:
         w, h = (int(v) for v in value.lower().split("x"))
     except ValueError:
-        raise click.BadParameter(f"{value!r} is not WxH, e.g. 162x121") from None
+        raise click.BadParameter(f"{value!r} is not WxH (width x height), e.g. 64x48") from None
     if w < 8 or h < 6:
         raise click.BadParameter("images must be at least 8x6 pixels")
     return w, h
 
 
-def _writer(dataset: str):
+def writer(dataset: str) -> Callable[..., Any]:
+    """The writer function of ``dataset`` (imported now; a clear error when it is missing)."""
     module, name = WRITERS[dataset]
     try:
         return getattr(importlib.import_module(module), name)
@@ -44,43 +52,6 @@ def _writer(dataset: str):
         raise click.ClickException(
             f"the {dataset} writer ({module}.{name}) is not available in this install ({e})"
         ) from e
-
-
-# option -> the keyword names writers use for it, first match wins
-ALIASES = {
-    "views": ("views_per_scene", "views_per_room", "views_per_region", "views", "n_views"),
-    "image_size": ("image_size",),
-    "frames": ("frames",),
-    "seed": ("seed",),
-    "domain": ("domain",),
-}
-
-
-def _call(fn, root: Path, n: int, options: dict[str, Any]) -> Any:
-    """Call a writer with the scene count and the options it accepts (say which it ignores).
-
-    Writers differ: ScanNet and Matterport take the count positionally (scenes, houses),
-    S3DIS takes ``rooms_per_area`` over its ``areas``; an int ``image_size`` means square.
-    """
-    params = inspect.signature(fn).parameters
-    args: list[Any] = [root]
-    kwargs: dict[str, Any] = {}
-    second = list(params.values())[1:2]
-    if second and second[0].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD:
-        args.append(n)
-    elif "rooms_per_area" in params:
-        areas = params["areas"].default if "areas" in params else (1,)
-        kwargs["rooms_per_area"] = max(1, -(-n // len(areas)))
-        click.echo(f"note: {kwargs['rooms_per_area']} room(s) in each of areas {areas}", err=True)
-    for key, value in options.items():
-        name = next((a for a in ALIASES.get(key, (key,)) if a in params), None)
-        if name is None:
-            click.echo(f"note: {fn.__module__} has no {key!r} option; ignored", err=True)
-            continue
-        if key == "image_size" and isinstance(params[name].default, int):
-            value = value[0]  # a square image of side W
-        kwargs[name] = value
-    return fn(*args, **kwargs)
 
 
 def _scene_lines(written: Any) -> list[str]:
@@ -107,58 +78,82 @@ def _describe(truth: Any) -> str:
     return f"{sid}: " + ", ".join(parts) if parts else str(sid)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.argument("dataset", type=click.Choice(sorted(WRITERS)))
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="root to write")
 @click.option(
-    "--scenes",
-    default=2,
-    show_default=True,
+    "--num-scenes",
+    default=NUM_SCENES,
     type=click.IntRange(1),
-    help="ScanNet scenes; Matterport3D houses; S3DIS rooms, spread over its areas",
+    help="scenes to write: ScanNet scans, S3DIS rooms (spread over areas 1 and 5), "
+    "Matterport3D regions (two to a house)",
 )
-@click.option("--seed", default=0, show_default=True, type=int)
+@deprecated_alias("--scenes", "--num-scenes", "old_scenes", type=click.IntRange(1))
+@click.option("--seed", default=0, type=int, help="random seed of rooms, colours and cameras")
 @click.option(
     "--domain",
     default="source",
-    show_default=True,
     type=click.Choice(["source", "target"]),
     help="point-colour domain (target: hue +60 deg, saturation x0.7, noise)",
 )
-@click.option("--views", default=None, type=click.IntRange(1), help="valid frames per scene")
-@click.option("--image-size", default=None, callback=_size, help="colour image size WxH")
+@click.option(
+    "--views",
+    default=None,
+    type=click.IntRange(1),
+    show_default=_per_dataset(VIEWS),
+    help="posed frames per scene",
+)
+@click.option(
+    "--image-size",
+    default=None,
+    callback=_size,
+    metavar="WxH",
+    show_default=_per_dataset(IMAGE_SIZE, lambda wh: f"{wh[0]}x{wh[1]}"),
+    help="colour image size, width x height pixels",
+)
 @click.option(
     "--frames",
     "frames",
     multiple=True,
     type=click.Choice(["sens", "25k", "exported"]),
-    help="ScanNet frame forms to write (repeat; default all three)",
+    show_default="all three",
+    help="ScanNet frame forms to write (repeat)",
 )
 def cli(
     dataset: str,
     out: Path,
-    scenes: int,
+    num_scenes: int,
+    old_scenes: int | None,
     seed: int,
     domain: str,
     views: int | None,
     image_size: tuple[int, int] | None,
     frames: tuple[str, ...],
 ) -> None:
-    """Write SCENES synthetic rooms of DATASET (scannet, s3dis, matterport3d) under OUT."""
+    """Write --num-scenes synthetic rooms of DATASET (scannet, s3dis, matterport3d) under OUT."""
     from tttkd.pipeline.synthetic.domain import SOURCE, TARGET
 
-    fn = _writer(dataset)
-    options: dict[str, Any] = {"seed": seed, "domain": TARGET if domain == "target" else SOURCE}
-    if views is not None:
-        options["views"] = views
-    if image_size is not None:
-        options["image_size"] = image_size
+    ctx = click.get_current_context()
+    if old_scenes is not None:
+        if ctx.get_parameter_source("num_scenes") is click.core.ParameterSource.COMMANDLINE:
+            raise click.UsageError("give --num-scenes only (--scenes N is its deprecated name)")
+        num_scenes = old_scenes
+    extra: dict[str, Any] = {}
     if frames:
         if dataset != "scannet":
             raise click.UsageError("--frames applies to scannet only")
-        options["frames"] = frames
+        extra["frames"] = frames
+    fn = writer(dataset)
     out.mkdir(parents=True, exist_ok=True)
-    written = _call(fn, out, scenes, options)
+    written = fn(
+        out,
+        num_scenes,
+        views=VIEWS[dataset] if views is None else views,
+        image_size=IMAGE_SIZE[dataset] if image_size is None else image_size,
+        seed=seed,
+        domain=TARGET if domain == "target" else SOURCE,
+        **extra,
+    )
     files = [p for p in out.rglob("*") if p.is_file()]
     size = sum(p.stat().st_size for p in files)
     lines = _scene_lines(written)

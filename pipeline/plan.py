@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Literal
 
 from tttkd.pipeline.correspond import CorrespondConfig
 from tttkd.pipeline.datasets.registry import dataset_info
 from tttkd.pipeline.frames import ImagePolicy, resolve_image_policy
 from tttkd.pipeline.voxelize import point_grid_size
+from tttkd.settings import resolve_device, setting, to_plain
 
 # uncompressed bytes per item, from the cache layout (DESIGN.md, "The cache")
 BYTES_PER_VOXEL = 12 + 3 + 2  # xyz f32[3], rgb u8[3], label i16
@@ -27,39 +29,105 @@ FEATURE_BYTES = 2  # float16
 
 @dataclass(frozen=True)
 class PrepConfig:
-    """One ``tttkd-prep`` run as requested (CLI options map one to one onto these fields)."""
+    """One ``tttkd-prep`` run as requested; ``tttkd-prep``'s options are generated from these
+    fields (``cli/prep.py``), and the cache root records them (:meth:`to_record`)."""
 
-    dataset: str
-    root: str
-    out: str
-    split: str | None = None
-    scenes: tuple[str, ...] = ()  # explicit subset of scene ids; empty = every listed scene
-    reader_options: dict = field(default_factory=dict)
-    voxel_size: float = 0.04  # the network's voxel (what consumers voxelize at by default)
-    point_voxel_size: float | None = None  # grid of the stored points; None: voxel_size / 4
-    label_mode: str = "representative"
-    label_set: str | None = None  # None: the dataset's own
-    max_images: int | None = None  # None: the dataset's default; 0: every frame
-    seed: int = 0
-    teacher: str = "dinov2_vitl14"
-    teacher_weights: str | None = None
-    image_size: int | None = None  # None: the teacher's default
-    device: str = "cpu"
-    batch_size: int | None = 8  # images per teacher forward; None: from free GPU memory
-    compile_teacher: bool = False  # torch.compile the teacher (opt-in, unmeasured)
-    images_per_task: int = 64  # images of (possibly several) scenes per teacher task
-    feature_codec: str = "fp16"
-    depth_abs_tol: float = CorrespondConfig.depth_abs_tol
-    depth_rel_tol: float = CorrespondConfig.depth_rel_tol
-    zbuffer_cell_px: float | None = None
-    no_images: bool = False
-    overwrite: bool = False
-    scene_timeout: float | None = None  # seconds per scene's CPU stage (pipeline/scene_timeout)
-    storage_options: dict | None = None
-    pca_fit_scenes: int = 4  # scenes whose features fit the PCA basis (pca codecs only)
+    dataset: str = setting(help="dataset layout (the tttkd-prep subcommand)")
+    root: str = setting(path="dir", help="the dataset folder, exactly as distributed")
+    out: str = setting(option="--cache", help="cache location: a path or fsspec URL (feats.zarr)")
+    split: str | None = setting(None, help="train / val / test [default: every scene]")
+    scenes: tuple[str, ...] = setting(
+        (), help="only these scene ids (comma list, repeatable) [default: every listed scene]"
+    )
+    reader_options: dict = setting(
+        default_factory=dict, help="the dataset reader's own options (-o KEY=VALUE)"
+    )
+    voxel_size: float = setting(
+        0.04, min=0, min_open=True, help="network voxel, m (what consumers voxelize at)"
+    )
+    point_voxel_size: float | None = setting(
+        None,
+        min=0,
+        min_open=True,
+        help="grid the cache keeps points on, m [default: voxel size / 4; consumers voxelize "
+        "after augmenting, so finer points leave no holes in rotated views]",
+    )
+    label_mode: Literal["representative", "majority"] = setting(
+        "representative", help="voxel label"
+    )
+    label_set: str | None = setting(
+        None, choices="label_set", help="label set [default: the dataset's own]"
+    )
+    max_images: int | None = setting(
+        None,
+        min=0,
+        help="images per scene, seeded random (0 = all) [default: all for ScanNet 25k, "
+        "50 otherwise]",
+    )
+    seed: int = setting(0, help="image draw seed")
+    teacher: str = setting(
+        "dinov2_vitl14",
+        help="teacher name (dinov2_vit{s,b,l,g}14[_reg], clip_*, sam_*, test_vit_tiny)",
+    )
+    teacher_weights: str | None = setting(
+        None, path="file", help="local weights file (never downloaded)"
+    )
+    image_size: int | None = setting(
+        None, min=1, help="teacher input short side in px [default: the teacher's, 448 for ViTs]"
+    )
+    device: str = setting(
+        "auto", choices="device", help="teacher device: auto = cuda when available, else cpu"
+    )
+    batch_size: int | None = setting(
+        None,
+        min=1,
+        help="images per teacher forward pass [default: from free GPU memory on CUDA, 8 on CPU]",
+    )
+    compile_teacher: bool = setting(
+        False, help="torch.compile the teacher (compile time per worker; speed-up unmeasured)"
+    )
+    images_per_task: int = setting(
+        64, min=1, help="images (of several scenes) per teacher task on a Dask cluster"
+    )
+    feature_codec: str = setting("fp16", help="fp16 | bitround<k> | pca<k> | pca<k>+bitround<b>")
+    depth_abs_tol: float = setting(
+        CorrespondConfig.depth_abs_tol, min=0, help="occlusion test: metres"
+    )
+    depth_rel_tol: float = setting(
+        CorrespondConfig.depth_rel_tol, min=0, help="occlusion test: fraction of the depth"
+    )
+    zbuffer_cell_px: float | None = setting(
+        None,
+        min=0,
+        min_open=True,
+        help="z-buffer cell for frames without depth [default: automatic]",
+    )
+    no_images: bool = setting(
+        False,
+        option="--no-images",
+        help="points-only cache (no teacher, no correspondences)",
+    )
+    overwrite: bool = setting(
+        False, option="--overwrite", help="delete an existing cache and start again"
+    )
+    scene_timeout: float | None = setting(
+        None,
+        min=0,
+        min_open=True,
+        help="seconds a scene may spend reading and corresponding before it fails (the run "
+        "goes on; serial runs)",
+    )
+    storage_options: dict | None = setting(
+        None, help="fsspec storage options for a remote cache (--storage-option KEY=VALUE)"
+    )
+    pca_fit_scenes: int = setting(
+        4, min=1, help="scenes whose features fit the PCA basis (pca codecs only)"
+    )
 
     def __post_init__(self) -> None:
         dataset_info(self.dataset)  # unknown names fail here, before any work
+        object.__setattr__(self, "scenes", tuple(self.scenes))
+        object.__setattr__(self, "device", resolve_device(self.device))
         if not self.voxel_size > 0:
             raise ValueError(f"voxel_size must be > 0, got {self.voxel_size}")
         point_grid_size(self.voxel_size, self.point_voxel_size)  # raises on a bad size
@@ -71,6 +139,14 @@ class PrepConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.images_per_task < 1:
             raise ValueError(f"images_per_task must be >= 1, got {self.images_per_task}")
+
+    def to_record(self) -> dict:
+        """The resolved config as the cache root records it; ``storage_options`` (may hold
+        credentials) and ``overwrite`` (a rerun from the record must not delete the cache)
+        are left out."""
+        out = to_plain(self)
+        del out["storage_options"], out["overwrite"]
+        return out
 
     @property
     def point_grid(self) -> float:
@@ -85,7 +161,7 @@ class PrepConfig:
         if opts.get("frames") == "none":  # tttkd-prep --frames none: the reader's frames=None
             opts["frames"] = None
         if self.no_images:
-            opts.update(info.points_only)
+            opts["frames"] = None  # protocol.Reader: no frames are read at all
         if info.label_set_option and self.label_set:
             opts.setdefault(info.label_set_option, self.label_set)
         return opts

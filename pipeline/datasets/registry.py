@@ -7,11 +7,10 @@ fails here, naming the module and the import error, instead of being silently ab
 from __future__ import annotations
 
 import importlib
-import inspect
 from dataclasses import dataclass
-from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
+from tttkd.pipeline.datasets.protocol import Reader
 from tttkd.pipeline.errors import DatasetError
 from tttkd.pipeline.scene import Scene
 
@@ -21,23 +20,18 @@ class DatasetInfo:
     """What prep needs to know about a dataset before reading any scene."""
 
     name: str
-    module: str  # dotted module with list_scenes(root, split=None) and load_scene(root, id, **o)
+    module: str  # dotted name of a module that is a protocol.Reader
     has_images: bool  # False: points only (KD needs images; prep asks for --no-images)
     label_set: str | None  # data_cards label set; None = the user must say (--label-set)
     default_max_images: int | None  # None = every frame the reader gives (ScanNet 25k subset)
-    points_only: tuple[tuple[str, Any], ...] = ()  # reader options that skip frames entirely
     label_set_option: str | None = None  # reader option that receives --label-set, if any
 
 
 _MOD = "tttkd.pipeline.datasets."
 DATASETS: dict[str, DatasetInfo] = {
-    "scannet": DatasetInfo(
-        "scannet", _MOD + "scannet", True, "scannet20", None, (("frames", None),)
-    ),
-    "s3dis": DatasetInfo("s3dis", _MOD + "s3dis", True, "s3dis13", 50, (("with_frames", False),)),
-    "matterport3d": DatasetInfo(
-        "matterport3d", _MOD + "matterport3d", True, "matterport21", 50, (("frames", None),)
-    ),
+    "scannet": DatasetInfo("scannet", _MOD + "scannet", True, "scannet20", None),
+    "s3dis": DatasetInfo("s3dis", _MOD + "s3dis", True, "s3dis13", 50),
+    "matterport3d": DatasetInfo("matterport3d", _MOD + "matterport3d", True, "matterport21", 50),
     "pointcept": DatasetInfo(
         "pointcept", _MOD + "pointcept", False, None, 50, label_set_option="label_set"
     ),
@@ -53,11 +47,11 @@ def dataset_info(name: str) -> DatasetInfo:
         ) from None
 
 
-def reader(name: str) -> ModuleType:
-    """The reader module of ``name`` (imported on first use)."""
+def reader(name: str) -> Reader:
+    """The reader module of ``name`` (imported on first use), called as a ``Reader``."""
     info = dataset_info(name)
     try:
-        return importlib.import_module(info.module)
+        return cast(Reader, importlib.import_module(info.module))
     except ImportError as e:
         raise ImportError(
             f"the {name} reader ({info.module}) cannot be imported: {e}; "
@@ -66,13 +60,9 @@ def reader(name: str) -> ModuleType:
 
 
 def list_scenes(name: str, root: str, split: str | None = None, **options: Any) -> list[str]:
-    """Scene ids; of ``options`` (the reader options of the run) only those the reader's
-    ``list_scenes`` accepts are passed (e.g. ScanNet ``splits_dir``)."""
-    fn = reader(name).list_scenes
-    params = inspect.signature(fn).parameters
-    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        options = {k: v for k, v in options.items() if k in params}
-    return list(fn(root, split=split, **options))
+    """Scene ids; ``options`` are the run's reader options (the reader uses those it lists by,
+    e.g. ScanNet ``splits_dir``, and ignores the rest)."""
+    return list(reader(name).list_scenes(root, split=split, **options))
 
 
 def load_scene(name: str, root: str, scene_id: str, **options: Any) -> Scene:

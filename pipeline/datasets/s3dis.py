@@ -41,10 +41,11 @@ import dataclasses
 import re
 import warnings
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
+from tttkd.pipeline.datasets.protocol import check_frames, check_max_views
 from tttkd.pipeline.datasets.s3dis_text import count_lines, read_xyzrgb, sniff_version
 from tttkd.pipeline.datasets.stanford2d3ds import find_area_dirs, load_frames
 from tttkd.pipeline.errors import DatasetError
@@ -150,8 +151,10 @@ def list_scenes(
     *,
     version: Version | None = None,
     test_area: int = 5,
+    **_load_options: Any,
 ) -> list[str]:
-    """Scene ids ``Area_<n>/<room>`` of ``split`` (None = all), from the room folders."""
+    """Scene ids ``Area_<n>/<room>`` of ``split`` (None = all), from the room folders (options
+    of ``load_scene`` are accepted and ignored: protocol.Reader)."""
     _check_split(split)
     vroot, _ = resolve_version_root(root, version)
     ids = []
@@ -172,7 +175,7 @@ def read_alignment_angles(path: str | Path) -> dict[str, float]:
             f"cannot read the alignment angles ({e.strerror})",
             file=path,
             fix="the file ships in every Area_N folder of S3DIS; restore it, or pass "
-            "version='raw' (frames need no alignment there) or with_frames=False",
+            "version='raw' (frames need no alignment there) or frames=None",
         ) from e
     angles = {}
     for line in text.splitlines():
@@ -379,15 +382,21 @@ def load_scene(
     root: str | Path,
     scene_id: str,
     *,
+    frames: Literal["auto"] | None = "auto",
+    max_views: int | None = None,
     version: Version | None = None,
     images_root: str | Path | None = None,
-    with_frames: bool = True,
-    max_frames: int | None = None,
     align_direction: AlignDirection = "auto",
     test_area: int = 5,
     unknown_class: Literal["error", "ignore"] = "error",
 ) -> Scene:
-    """One S3DIS room as a :class:`Scene`, points and frames in the ``version``'s frame."""
+    """One S3DIS room as a :class:`Scene`, points and frames in the ``version``'s frame.
+
+    ``frames=None`` reads the points only (no 2D-3D-S file is needed); ``max_views`` keeps that
+    many of the room's frames, evenly spaced in file order.
+    """
+    check_frames(frames, ("auto",), "S3DIS")
+    check_max_views(max_views)
     if align_direction not in ("auto", "documented", "inverse"):
         raise ValueError(
             f"align_direction must be auto/documented/inverse, not {align_direction!r}"
@@ -395,13 +404,13 @@ def load_scene(
     vroot, version = resolve_version_root(root, version)
     area, room, room_dir = _room_dir(vroot, scene_id)
     xyz64, rgb, label, sources = _read_points(room_dir, scene_id, unknown_class)
-    frames: list[Frame] = []
-    if with_frames:
+    frame_list: list[Frame] = []
+    if frames is not None:
         if images_root is None and find_area_dirs(root):
             images_root = root
         if images_root is not None:
-            frames = load_frames(images_root, area, room, scene=scene_id, max_frames=max_frames)
-    if frames and version == "aligned":
+            frame_list = load_frames(images_root, area, room, scene=scene_id, max_views=max_views)
+    if frame_list and version == "aligned":
         name = f"Area_{area}/Area_{area}_alignmentAngle.txt"
         angles_file = vroot / name
         sibling = vroot.parent / VERSION_DIRS["raw"] / name  # the same file ships with v1.2
@@ -413,7 +422,7 @@ def load_scene(
                 f"room {room} is not listed in the alignment angles",
                 file=angles_file,
                 scene=scene_id,
-                fix="restore the file from S3DIS, or pass version='raw' or with_frames=False",
+                fix="restore the file from S3DIS, or pass version='raw' or frames=None",
             )
         theta = angles[room]
         centre = (xyz64.min(axis=0) + xyz64.max(axis=0)) / 2.0
@@ -421,10 +430,12 @@ def load_scene(
         if direction == "auto":
             flips = not np.isclose(np.mod(theta, 180.0), 0.0)
             direction = (
-                _choose_direction(xyz64, frames, theta, centre, scene_id) if flips else "documented"
+                _choose_direction(xyz64, frame_list, theta, centre, scene_id)
+                if flips
+                else "documented"
             )
         A = aligned_from_raw(theta, centre, direction)
-        frames = [dataclasses.replace(f, c2w=A @ f.c2w) for f in frames]
+        frame_list = [dataclasses.replace(f, c2w=A @ f.c2w) for f in frame_list]
     return Scene(
         id=scene_id,
         dataset="s3dis",
@@ -432,7 +443,7 @@ def load_scene(
         xyz=xyz64.astype(np.float32),
         rgb=rgb,
         label=label,
-        frames=frames,
+        frames=frame_list,
         label_set=LABEL_SET,
         source_files=tuple(sources),
     )

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tttkd.pipeline.datasets.protocol import evenly_spaced
 from tttkd.pipeline.errors import DatasetError
 from tttkd.pipeline.scene import Frame, ImageRef
 
@@ -205,17 +206,15 @@ def load_frames(
     room: str,
     *,
     scene: str | None = None,
-    max_frames: int | None = None,
+    max_views: int | None = None,
 ) -> list[Frame]:
     """Frames of S3DIS room ``Area_<area>/<room>`` with ``c2w`` in the S3DIS raw area frame.
 
-    ``max_frames`` keeps that many evenly spaced frames (all when None). Frames whose pose has
+    ``max_views`` keeps that many evenly spaced frames (all when None). Frames whose pose has
     non-finite or non-rigid numbers are skipped with a warning.
     """
     items = [(d, s) for d in area_dirs_for(images_root, area) for s in list_frame_stems(d, room)]
-    if max_frames is not None and len(items) > max_frames:
-        keep = np.unique(np.linspace(0, len(items) - 1, max_frames).round().astype(int))
-        items = [items[i] for i in keep]
+    items = evenly_spaced(items, max_views)
     frames = []
     skipped = []
     for area_dir, stem in items:

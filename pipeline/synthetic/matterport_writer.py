@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from tttkd.pipeline.labels import get_label_set
+from tttkd.pipeline.synthetic.defaults import IMAGE_SIZE, NUM_SCENES, VIEWS
 from tttkd.pipeline.synthetic.domain import SOURCE, Domain
 from tttkd.pipeline.synthetic.matterport_files import (
     GL_TO_CV,
@@ -29,7 +30,7 @@ from tttkd.pipeline.synthetic.matterport_files import (
     write_region,
 )
 from tttkd.pipeline.synthetic.matterport_mesh import RegionMesh, box_mesh
-from tttkd.pipeline.synthetic.render import Camera, look_at, render
+from tttkd.pipeline.synthetic.render import Camera, image_wh, look_at, render
 from tttkd.pipeline.synthetic.room import FURNITURE, Box, Room, make_room
 
 # Rows without one of the 21 classes: (index, raw_category, nyu40id); "" = empty cell.
@@ -99,10 +100,10 @@ def category_rows() -> list[tuple[int, str, str]]:
 
 def write_matterport_dataset(
     root: str | Path,
-    num_scenes: int = 2,
+    num_scenes: int = NUM_SCENES,
     *,
-    views: int | Sequence[int] = 6,
-    image_size: tuple[int, int] = (160, 128),
+    views: int | Sequence[int] = VIEWS["matterport3d"],
+    image_size: tuple[int, int] = IMAGE_SIZE["matterport3d"],
     regions_per_house: int = 2,
     seed: int = 0,
     domain: Domain = SOURCE,
@@ -123,6 +124,7 @@ def write_matterport_dataset(
     ``category_mapping.tsv`` go to ``<scans>/tasks/benchmark`` and ``<scans>/metadata``.
     ``house_ids`` names the houses (default: random 11-character ids like the real ones).
     """
+    image_size = image_wh(image_size)
     root = Path(root)
     scans = root / "v1" / "scans"
     scans.mkdir(parents=True, exist_ok=True)

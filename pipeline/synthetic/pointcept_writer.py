@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from tttkd.pipeline.labels import get_label_set
+from tttkd.pipeline.synthetic.defaults import NUM_SCENES
 from tttkd.pipeline.synthetic.domain import SOURCE, Domain
 from tttkd.pipeline.synthetic.room import Room, make_room, sample_points
 
@@ -37,7 +38,7 @@ class PointceptTruth:
 
 def write_pointcept_dataset(
     root: str | Path,
-    num_scenes: int = 2,
+    num_scenes: int = NUM_SCENES,
     *,
     seed: int = 0,
     domain: Domain = SOURCE,

@@ -21,6 +21,17 @@ class Camera:
     height: int
 
 
+def image_wh(image_size: tuple[int, int]) -> tuple[int, int]:
+    """``image_size`` as ``(width, height)``; anything else is an error, never a square guess."""
+    if (
+        not isinstance(image_size, (tuple, list))
+        or len(image_size) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in image_size)
+    ):
+        raise ValueError(f"image_size={image_size!r} is not (width, height), e.g. (64, 48)")
+    return int(image_size[0]), int(image_size[1])
+
+
 def intrinsics_from_fov(width: int, height: int, fov_deg: float) -> np.ndarray:
     """K for a horizontal field of view, principal point at the image centre."""
     fx = (width / 2.0) / np.tan(np.deg2rad(fov_deg) / 2.0)

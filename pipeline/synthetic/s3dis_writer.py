@@ -33,8 +33,9 @@ from pathlib import Path
 import numpy as np
 
 from tttkd.pipeline.labels import get_label_set
+from tttkd.pipeline.synthetic.defaults import IMAGE_SIZE, NUM_SCENES, VIEWS
 from tttkd.pipeline.synthetic.domain import SOURCE, Domain
-from tttkd.pipeline.synthetic.render import Camera, place_cameras, render
+from tttkd.pipeline.synthetic.render import Camera, image_wh, place_cameras, render
 from tttkd.pipeline.synthetic.room import Box, Room, make_room, sample_points
 
 ALIGNED_DIR = "Stanford3dDataset_v1.2_Aligned_Version"
@@ -195,32 +196,45 @@ def _write_frame(
     (data / "pose" / f"{stem}_domain_pose.json").write_text(json.dumps(pose))
 
 
+def rooms_per_area(num_scenes: int, areas: tuple[int, ...]) -> list[int]:
+    """``num_scenes`` rooms spread over ``areas`` in order (the first areas get one more)."""
+    n, extra = divmod(num_scenes, len(areas))
+    return [n + (i < extra) for i in range(len(areas))]
+
+
 def write_s3dis_dataset(
     root: str | Path,
+    num_scenes: int = NUM_SCENES,
     *,
+    views: int = VIEWS["s3dis"],
+    image_size: tuple[int, int] = IMAGE_SIZE["s3dis"],
     areas: tuple[int, ...] = (1, 5),
-    rooms_per_area: int = 2,
     seed: int = 0,
     domain: Domain = SOURCE,
-    image_size: int = 128,
-    views_per_room: int = 4,
     fov_deg: float = 75.0,
     depth_hole_fraction: float = 0.01,
 ) -> S3DISGroundTruth:
     """Write synthetic S3DIS (both versions) and 2D-3D-S frames under ``root``; return the truth.
 
-    ``root`` must be new or empty. Point colours follow ``domain``; images stay clean.
+    ``num_scenes`` rooms are spread over ``areas`` (:func:`rooms_per_area`; an area left without
+    a room is not written), each with ``views`` frames of ``image_size`` = (width, height)
+    pixels. ``root`` must be new or empty. Point colours follow ``domain``; images stay clean.
     """
     root = Path(root)
     if root.exists() and any(root.iterdir()):
         raise FileExistsError(f"{root} is not empty; write synthetic S3DIS into a new folder")
+    if num_scenes < 1 or not areas:
+        raise ValueError("num_scenes must be >= 1 and areas must name at least one area")
+    width, height = image_wh(image_size)
     ls = get_label_set("s3dis13")
     rng = np.random.default_rng(seed)
     truth = S3DISGroundTruth(root=root, rooms={}, corrupted=[])
-    for ai, area in enumerate(areas):
+    for ai, (area, n_rooms) in enumerate(zip(areas, rooms_per_area(num_scenes, areas))):
+        if n_rooms == 0:
+            continue
         angles = []
         x_cursor = -20.0
-        for ri in range(rooms_per_area):
+        for ri in range(n_rooms):
             rtype = ROOM_TYPES[ri % len(ROOM_TYPES)]
             name = f"{rtype}_{ri // len(ROOM_TYPES) + 1}"
             rseed = seed * 1000 + area * 100 + ri
@@ -295,12 +309,12 @@ def write_s3dis_dataset(
                 room_file = "copy_Room_1" if (aligned and scene_id == "Area_6/copyRoom_1") else name
                 (room_dir / f"{room_file}.txt").write_bytes(b"\n".join(all_lines) + b"\n")
             # 2D-3D-S frames, rendered in the local frame, posed in the raw area frame.
-            if views_per_room:
+            if views:
                 cams = place_cameras(
                     room,
-                    views_per_room,
-                    width=image_size,
-                    height=image_size,
+                    views,
+                    width=width,
+                    height=height,
                     fov_deg=fov_deg,
                     seed=rseed,
                 )

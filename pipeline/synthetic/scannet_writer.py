@@ -23,7 +23,9 @@ import numpy as np
 
 from tttkd.pipeline.datasets.ply import write_ply
 from tttkd.pipeline.labels import get_label_set
+from tttkd.pipeline.synthetic.defaults import IMAGE_SIZE, NUM_SCENES, VIEWS
 from tttkd.pipeline.synthetic.domain import SOURCE, Domain
+from tttkd.pipeline.synthetic.render import image_wh
 from tttkd.pipeline.synthetic.room import FURNITURE, Room, make_room, sample_points
 from tttkd.pipeline.synthetic.scannet_frames_writer import (
     FRAME_KINDS,
@@ -188,8 +190,8 @@ def write_scannet_scene(
     domain: Domain = SOURCE,
     seed: int = 0,
     frames: Sequence[str] = FRAME_KINDS,
-    image_size: tuple[int, int] = (162, 121),
-    views: int = 4,
+    image_size: tuple[int, int] = IMAGE_SIZE["scannet"],
+    views: int = VIEWS["scannet"],
     frame_step: int = 100,
     jpeg_quality: int = 95,
     meta_off_by_one: bool = False,
@@ -311,10 +313,10 @@ def default_splits(n: int) -> list[str]:
 
 def write_scannet_dataset(
     root: str | Path,
-    num_scenes: int = 2,
+    num_scenes: int = NUM_SCENES,
     *,
-    views: int = 4,
-    image_size: tuple[int, int] = (162, 121),
+    views: int = VIEWS["scannet"],
+    image_size: tuple[int, int] = IMAGE_SIZE["scannet"],
     seed: int = 0,
     domain: Domain = SOURCE,
     frames: Sequence[str] = FRAME_KINDS,
@@ -328,6 +330,7 @@ def write_scannet_dataset(
     for c in furniture:
         if c not in TSV_ROWS or (c not in FURNITURE and not (colors and c in colors)):
             raise ValueError(f"furniture class {c!r} cannot be written as ScanNet")
+    image_size = image_wh(image_size)
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     splits = list(splits) if splits is not None else default_splits(num_scenes)

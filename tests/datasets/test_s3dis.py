@@ -26,9 +26,7 @@ CLUTTER = get_label_set("s3dis13").index("clutter")
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> S3DISGroundTruth:
     root = tmp_path_factory.mktemp("s3dis")
-    return write_s3dis_dataset(
-        root, areas=(1, 5, 6), rooms_per_area=2, domain=Domain(spacing=0.08), views_per_room=0
-    )
+    return write_s3dis_dataset(root, 6, views=0, areas=(1, 5, 6), domain=Domain(spacing=0.08))
 
 
 def _snapshot(root: Path) -> dict[str, str]:
@@ -87,7 +85,7 @@ def test_stairs_become_clutter_and_corrupted_lines_survive(data: S3DISGroundTrut
         assert len(stairs.xyz) > 0
         ceiling = (ann / "ceiling_1.txt").read_bytes().split(b"\n")
         assert (b"\x00" if vdir == ALIGNED_DIR else b"\x10") in ceiling[7]
-        scene = s3dis.load_scene(data.root / vdir, scene_id, with_frames=False)
+        scene = s3dis.load_scene(data.root / vdir, scene_id, frames=None)
         truth = data.rooms[scene_id]
         # every written point comes back (the corrupted line included), stairs as clutter
         assert len(scene.xyz) == len(truth.xyz_raw)

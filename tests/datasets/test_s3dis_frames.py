@@ -33,12 +33,7 @@ SIZE = 96
 def data(tmp_path_factory: pytest.TempPathFactory) -> S3DISGroundTruth:
     root = tmp_path_factory.mktemp("s3dis_frames")
     return write_s3dis_dataset(
-        root,
-        areas=(1, 5),
-        rooms_per_area=2,
-        domain=Domain(spacing=0.08),
-        image_size=SIZE,
-        views_per_room=4,
+        root, 4, views=4, image_size=(SIZE, SIZE), areas=(1, 5), domain=Domain(spacing=0.08)
     )
 
 
@@ -192,8 +187,8 @@ def test_auto_direction_falls_back_when_the_data_says_so(
 
 def test_frame_options(data: S3DISGroundTruth, tmp_path: Path) -> None:
     sid = "Area_5/office_1"
-    assert s3dis.load_scene(data.root, sid, with_frames=False).frames == []
-    assert len(s3dis.load_scene(data.root, sid, max_frames=2).frames) == 2
+    assert s3dis.load_scene(data.root, sid, frames=None).frames == []
+    assert len(s3dis.load_scene(data.root, sid, max_views=2).frames) == 2
     # explicit images_root, also one level above the area folders; an empty one gives no frames
     nested = tmp_path / "2D-3D-S"
     nested.mkdir()

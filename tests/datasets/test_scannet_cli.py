@@ -10,7 +10,7 @@ from tttkd.pipeline.datasets import scannet
 
 def test_synth_scannet_writes_a_readable_root(tmp_path) -> None:
     out = tmp_path / "scannet"
-    args = ["scannet", "--out", str(out), "--scenes", "1", "--views", "1"]
+    args = ["scannet", "--out", str(out), "--num-scenes", "1", "--views", "1"]
     args += ["--image-size", "64x48", "--frames", "sens", "--domain", "target", "--seed", "4"]
     res = CliRunner().invoke(synth.cli, args)
     assert res.exit_code == 0, res.output

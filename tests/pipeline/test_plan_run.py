@@ -212,7 +212,7 @@ def other_datasets(tmp_path_factory) -> dict[str, dict]:
     from tttkd.pipeline.synthetic.s3dis_writer import write_s3dis_dataset
 
     s3 = tmp_path_factory.mktemp("s3dis")
-    write_s3dis_dataset(s3, rooms_per_area=1, image_size=48, views_per_room=2)
+    write_s3dis_dataset(s3, 2, views=2, image_size=(48, 48))
     mp = tmp_path_factory.mktemp("matterport")
     write_matterport_dataset(mp, 2, regions_per_house=2, image_size=(48, 40), views=3)
     return {

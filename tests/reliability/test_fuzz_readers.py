@@ -48,7 +48,7 @@ def _scannet(root: Path) -> dict:
 def _s3dis(root: Path) -> dict:
     from tttkd.pipeline.synthetic.s3dis_writer import write_s3dis_dataset
 
-    write_s3dis_dataset(root, areas=(1,), rooms_per_area=1, image_size=32, views_per_room=2)
+    write_s3dis_dataset(root, 1, views=2, image_size=(32, 32), areas=(1,))
     return {}
 
 

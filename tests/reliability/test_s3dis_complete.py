@@ -26,9 +26,7 @@ SCENE = "Area_1/office_1"  # holds the NUL glitch and stairs_1.txt
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("s3dis_complete")
-    write_s3dis_dataset(
-        root, areas=(1, 6), rooms_per_area=2, domain=Domain(spacing=0.1), views_per_room=0
-    )
+    write_s3dis_dataset(root, 4, views=0, areas=(1, 6), domain=Domain(spacing=0.1))
     return root
 
 
@@ -41,7 +39,7 @@ def root(pristine, tmp_path) -> Path:
 def _load(root: Path, scene: str = SCENE):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        scene = s3dis.load_scene(root, scene, version="aligned", with_frames=False)
+        scene = s3dis.load_scene(root, scene, version="aligned", frames=None)
     return scene, [str(w.message) for w in caught]
 
 
