@@ -72,6 +72,8 @@ def test_config_validation_and_image_policy():
     assert rec["correspondence"]["depth_abs_tol"] == 0.1
     assert cfg(no_images=True).image_policy_record() == {"selection": "none", "no_images": True}
     assert cfg(no_images=True).load_options() == {"frames": None}
+    # tttkd-prep --frames none reaches the reader as frames=None (no DeprecationWarning)
+    assert cfg(reader_options={"frames": "none"}).load_options() == {"frames": None}
 
 
 def _frame(name: str, c2w: np.ndarray | None = None) -> Frame:
