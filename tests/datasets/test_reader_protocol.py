@@ -103,3 +103,23 @@ def test_writers_share_one_signature() -> None:
         assert params["views"].kind is params["image_size"].kind is inspect.Parameter.KEYWORD_ONLY
         with pytest.raises(ValueError, match=r"not \(width, height\)"):
             writer(name)(Path("/nonexistent/never-written"), 1, image_size=64)
+
+
+def test_scannet_frames_none_string_is_deprecated(written) -> None:
+    root, sid = written["scannet"]
+    with pytest.warns(DeprecationWarning, match="frames=None"):
+        old = registry.load_scene("scannet", str(root), sid, frames="none")
+    assert old.frames == [] and len(old.xyz) == len(
+        registry.load_scene("scannet", str(root), sid).xyz
+    )
+
+
+def test_num_scenes_counts_scenes_for_every_layout(tmp_path: Path, written) -> None:
+    from tttkd.pipeline.synthetic.matterport_writer import write_matterport_dataset
+    from tttkd.pipeline.synthetic.s3dis_writer import rooms_per_area
+
+    mp = write_matterport_dataset(tmp_path / "mp", 3, views=0, spacing=0.3)  # 2 to a house
+    assert len(mp.scene_ids) == 3 and len(mp.houses) == 2
+    assert rooms_per_area(3, (1, 5)) == [2, 1] and rooms_per_area(1, (1, 5)) == [1, 0]
+    s3dis_root = written["s3dis"][0]  # num_scenes=1: Area_1 only, no empty Area_5
+    assert sorted(p.name for p in s3dis_root.rglob("Area_*") if p.is_dir()) == ["Area_1"] * 2
