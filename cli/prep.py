@@ -1,7 +1,8 @@
 """``tttkd-prep``: build the teacher cache (``tttkd-prep DATASET ...``), inspect or verify it.
 
 One subcommand per dataset (its own reader options in its own ``--help``) plus ``inspect``
-and ``verify``; options map one to one onto :class:`tttkd.pipeline.plan.PrepConfig`.
+and ``verify``; the options are generated from :class:`tttkd.pipeline.plan.PrepConfig`'s
+fields, with ``--config FILE`` and ``--set key=value`` as in tttkd-train and tttkd-adapt.
 """
 
 from __future__ import annotations
@@ -9,19 +10,22 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import fields
 from typing import Any
 
 import click
 
-from tttkd.cli.guard import (
-    FiniteFloat,
-    check_device,
-    check_label_set,
-    check_scheduler,
-    run_command,
+from tttkd.cli.guard import check_scheduler, run_command
+from tttkd.cli.options import (
+    CommaList,
+    FieldOptions,
+    config_file_options,
+    deprecated_alias,
+    split_commas,
 )
-from tttkd.pipeline.correspond import CorrespondConfig
 from tttkd.pipeline.datasets.registry import DATASETS
+from tttkd.pipeline.plan import PrepConfig
+from tttkd.settings import apply_overrides, build, merge_delta, read_config_file
 
 # reader options per dataset: (click decls, reader kwarg, click kwargs); unset = reader default
 _PATH = click.Path(file_okay=True, dir_okay=True)
@@ -105,33 +109,32 @@ def _parse_pairs(values: tuple[str, ...], what: str) -> dict[str, Any]:
     return out
 
 
+# every PrepConfig field is an option of each dataset subcommand except the three given
+# otherwise: dataset (the subcommand), reader_options (the dataset's own options and
+# -o KEY=VALUE), storage_options (--storage-option KEY=VALUE)
+BY_HAND = {"dataset": "the subcommand", "reader_options": "--reader-option",
+           "storage_options": "--storage-option"}  # fmt: skip
+FIELDS = FieldOptions(PrepConfig, [f.name for f in fields(PrepConfig) if f.name not in BY_HAND])
+# the options that say how to run, not what the cache holds (not recorded in the cache)
+RUN_OPTIONS = ("workers", "gpus", "scheduler", "memory_limit", "dashboard", "dry_run")
+RUN_OPTIONS += ("progress", "config_files", "sets", "reader_option", "storage_option")
+
+
 def _common(f: Callable) -> Callable:
-    c = CorrespondConfig()
     opts = [
-        click.option(
-            "--root",
-            required=True,
-            type=click.Path(exists=True, file_okay=False),
-            help="the dataset folder, exactly as distributed",
-        ),
-        click.option(
-            "--out", required=True, help="cache location: a path or fsspec URL (feats.zarr)"
-        ),
-        click.option("--split", default=None, help="train / val / test (default: every scene)"),
-        click.option("--scene", "scenes", multiple=True, help="only these scene ids (repeatable)"),
         click.option(
             "--workers",
             type=click.IntRange(min=1),
             default=None,
             help="local Dask cluster of N CPU worker processes x 1 thread, plus the teacher "
-            "workers of --gpus (default: serial, one process with one torch thread)",
+            "workers of --gpus [default: serial, one process with one torch thread]",
         ),
         click.option(
             "--gpus",
             type=click.IntRange(min=0),
             default=None,
             help="with --workers: one teacher worker per GPU, pinned to it (0: one teacher "
-            "worker on the CPU; default: 0)",
+            "worker on the CPU) [default: 0, or every visible GPU with --device cuda]",
         ),
         click.option(
             "--scheduler", default=None, help="an existing Dask scheduler, tcp://host:8786"
@@ -145,128 +148,15 @@ def _common(f: Callable) -> Callable:
         click.option(
             "--dashboard/--no-dashboard",
             default=False,
+            show_default=True,
             help="serve the Dask dashboard on 127.0.0.1 (needs bokeh)",
-        ),
-        click.option(
-            "--teacher",
-            default="dinov2_vitl14",
-            show_default=True,
-            help="teacher name (dinov2_vit{s,b,l,g}14[_reg], clip_*, sam_*, test_vit_tiny)",
-        ),
-        click.option(
-            "--teacher-weights",
-            type=click.Path(exists=True, dir_okay=False),
-            default=None,
-            help="local weights file (never downloaded)",
-        ),
-        click.option(
-            "--image-size",
-            type=int,
-            default=None,
-            help="teacher input short side in px (default: the teacher's, 448 for ViTs)",
-        ),
-        click.option(
-            "--device",
-            default="cpu",
-            show_default=True,
-            callback=check_device,
-            help="teacher device (cpu, cuda, cuda:N)",
-        ),
-        click.option(
-            "--batch-size",
-            type=click.IntRange(min=1),
-            default=None,
-            help="images per teacher forward pass (default: from free GPU memory on CUDA, "
-            "8 on CPU)",
-        ),
-        click.option(
-            "--images-per-task",
-            type=click.IntRange(min=1),
-            default=64,
-            show_default=True,
-            help="images (of several scenes) per teacher task on a Dask cluster",
-        ),
-        click.option(
-            "--compile-teacher/--no-compile-teacher",
-            default=False,
-            help="torch.compile the teacher (compile time per worker; speed-up unmeasured)",
-        ),
-        click.option(
-            "--voxel-size",
-            type=FiniteFloat(0, open=True),
-            default=0.04,
-            show_default=True,
-            help="network voxel, m",
-        ),
-        click.option(
-            "--point-voxel-size",
-            type=FiniteFloat(0, open=True),
-            default=None,
-            help="grid the cache keeps points on, m (default: voxel size / 4; consumers "
-            "voxelize after augmenting, so finer points leave no holes in rotated views)",
-        ),
-        click.option(
-            "--label-mode",
-            type=click.Choice(["representative", "majority"]),
-            default="representative",
-            show_default=True,
-            help="voxel label",
-        ),
-        click.option(
-            "--label-set",
-            default=None,
-            callback=check_label_set,
-            help="scannet20 / s3dis13 / matterport21",
-        ),
-        click.option(
-            "--max-images",
-            type=click.IntRange(min=0),
-            default=None,
-            help="images per scene, seeded random (0 = all; default: all for ScanNet "
-            "25k, 50 otherwise)",
-        ),
-        click.option("--seed", type=int, default=0, show_default=True, help="image draw seed"),
-        click.option(
-            "--feature-codec",
-            default="fp16",
-            show_default=True,
-            help="fp16 | bitround<k> | pca<k> | pca<k>+bitround<b>",
-        ),
-        click.option(
-            "--depth-abs-tol",
-            type=FiniteFloat(0),
-            default=c.depth_abs_tol,
-            show_default=True,
-            help="occlusion test: metres",
-        ),
-        click.option(
-            "--depth-rel-tol",
-            type=FiniteFloat(0),
-            default=c.depth_rel_tol,
-            show_default=True,
-            help="occlusion test: fraction of the depth",
-        ),
-        click.option(
-            "--zbuffer-cell-px",
-            type=FiniteFloat(0, open=True),
-            default=None,
-            help="z-buffer cell for frames without depth (default: automatic)",
-        ),
-        click.option(
-            "--no-images", is_flag=True, help="points-only cache (no teacher, no correspondences)"
-        ),
-        click.option("--overwrite", is_flag=True, help="delete an existing cache and start again"),
-        click.option(
-            "--scene-timeout",
-            type=FiniteFloat(0, open=True),
-            default=None,
-            help="seconds a scene may spend reading and corresponding before it fails (the run "
-            "goes on; serial runs)",
         ),
         click.option(
             "--dry-run", is_flag=True, help="print the scene count and size estimate only"
         ),
-        click.option("--progress/--no-progress", default=True, help="progress bar"),
+        click.option(
+            "--progress/--no-progress", default=True, show_default=True, help="progress bar"
+        ),
         click.option(
             "-o",
             "--reader-option",
@@ -277,12 +167,14 @@ def _common(f: Callable) -> Callable:
         click.option(
             "--storage-option",
             multiple=True,
-            help="fsspec storage option KEY=VALUE for remote --out (repeatable)",
+            help="fsspec storage option KEY=VALUE for a remote --cache (repeatable)",
         ),
     ]
     for o in reversed(opts):
         f = o(f)
-    return f
+    f = deprecated_alias("--out", "--cache", "out_alias")(f)
+    f = deprecated_alias("--scene", "--scenes", "scene_alias", multiple=True)(f)
+    return config_file_options(FIELDS(f))
 
 
 def _dataset_command(name: str) -> click.Command:
@@ -303,42 +195,70 @@ def _dataset_command(name: str) -> click.Command:
     return click.command(
         name=name,
         help=f"Prepare the {name} teacher cache: voxelize, select images, correspond, "
-        "run the teacher once, write Zarr.",
+        "run the teacher once, write Zarr. The cache records the resolved config "
+        "(`tttkd-prep inspect CACHE --config` prints it; `--config FILE` repeats the run).",
+        context_settings={"max_content_width": 100},
     )(callback)
+
+
+def _named(dataset: str, reader_options: dict, kw: dict[str, Any]) -> dict:
+    """The settings given on the command line (old option names included), as a delta."""
+    delta = FIELDS.take(kw)
+    out_alias, scene_alias = kw.pop("out_alias"), kw.pop("scene_alias")
+    if out_alias is not None:
+        if "out" in delta:
+            raise click.UsageError("give --cache only (--out is its deprecated name)")
+        delta["out"] = out_alias
+    if scene_alias:
+        delta["scenes"] = [*delta.get("scenes", []), *split_commas(scene_alias)]
+    storage = _parse_pairs(kw.pop("storage_option"), "--storage-option")
+    return {"dataset": dataset, "reader_options": reader_options, **delta} | (
+        {"storage_options": storage} if storage else {}
+    )
+
+
+def _config(dataset: str, reader_options: dict, kw: dict[str, Any]) -> PrepConfig:
+    """Defaults <- ``--config`` files <- the options given <- ``--set`` (last wins)."""
+    named = _named(dataset, reader_options, kw)
+    data: dict = {}
+    for f in kw.pop("config_files"):
+        delta = read_config_file(f)
+        if delta.get("dataset", dataset) != dataset:
+            raise click.UsageError(
+                f"{f} is a {delta['dataset']} config; run tttkd-prep {delta['dataset']} with it"
+            )
+        data = merge_delta(data, delta)
+    data = apply_overrides(merge_delta(data, named), kw.pop("sets"))
+    for key, option in (("root", "--root"), ("out", "--cache")):
+        if data.get(key) is None:
+            raise click.UsageError(f"missing option {option} (or give it in a --config file)")
+    return build(PrepConfig, data)
 
 
 def _prep(dataset: str, reader_options: dict, **kw: Any) -> None:
     from tttkd.pipeline.errors import TttkdError
     from tttkd.pipeline.executors import DaskExecutor, SerialExecutor
-    from tttkd.pipeline.plan import PrepConfig
     from tttkd.pipeline.run import dry_run, run_prep
 
     workers, scheduler = kw.pop("workers"), kw.pop("scheduler")
     if workers is not None and scheduler is not None:
         raise click.UsageError("give --workers or --scheduler, not both")
-    if kw.get("scene_timeout") and (workers is not None or scheduler is not None):
-        click.echo(
-            "warning: --scene-timeout is enforced in serial runs only; on a Dask cluster a "
-            "scene's CPU stage runs in a worker thread, where only the regular-file checks "
-            "guard against hangs",
-            err=True,
-        )
-    if scheduler is not None and not kw.get("dry_run"):
-        check_scheduler(scheduler)  # seconds, not a hang, when nobody listens there
     memory_limit, dashboard = kw.pop("memory_limit"), kw.pop("dashboard")
     gpus = kw.pop("gpus")
     if gpus is not None and workers is None:
         raise click.UsageError("--gpus needs --workers (an external cluster brings its own)")
     progress, is_dry = kw.pop("progress"), kw.pop("dry_run")
-    storage = _parse_pairs(kw.pop("storage_option"), "--storage-option") or None
     try:
-        config = PrepConfig(
-            dataset=dataset,
-            reader_options=reader_options,
-            scenes=tuple(kw.pop("scenes")),
-            storage_options=storage,
-            **kw,
-        )
+        config = _config(dataset, reader_options, kw)
+        if config.scene_timeout and (workers is not None or scheduler is not None):
+            click.echo(
+                "warning: --scene-timeout is enforced in serial runs only; on a Dask cluster a "
+                "scene's CPU stage runs in a worker thread, where only the regular-file checks "
+                "guard against hangs",
+                err=True,
+            )
+        if scheduler is not None and not is_dry:
+            check_scheduler(scheduler)  # seconds, not a hang, when nobody listens there
         if is_dry:
             dry_run(config, echo=click.echo, workers=workers or 1)
             return
@@ -371,10 +291,30 @@ def _prep(dataset: str, reader_options: dict, **kw: Any) -> None:
 @click.command("inspect")
 @click.argument("cache")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
-def inspect_cmd(cache: str, as_json: bool) -> None:
+@click.option(
+    "--config",
+    "as_config",
+    is_flag=True,
+    help="print the config the cache was made with (YAML; `tttkd-prep DATASET --config` it)",
+)
+def inspect_cmd(cache: str, as_json: bool, as_config: bool) -> None:
     """Summary of a cache: scenes per split, points, images, pairs per point, bytes."""
     from tttkd.pipeline.cache import Cache, CacheError
 
+    if as_config:
+        import yaml
+
+        try:
+            saved = Cache.open(cache, read_only=True).meta.options.get("config")
+        except CacheError as e:
+            raise click.ClickException(str(e)) from e
+        if saved is None:
+            raise click.ClickException(
+                f"{cache} records no config (made before tttkd-prep recorded it); its "
+                "settings are in `tttkd-prep inspect --json`"
+            )
+        click.echo(yaml.safe_dump(saved, sort_keys=False), nl=False)
+        return
     try:
         s = Cache.open(cache, read_only=True).summary()
     except CacheError as e:
@@ -403,16 +343,26 @@ def inspect_cmd(cache: str, as_json: bool) -> None:
 
 @click.command("verify")
 @click.argument("cache")
-@click.option("--scene", "scenes", multiple=True, help="only these scenes")
+@click.option(
+    "--scenes",
+    type=CommaList(),
+    multiple=True,
+    help="only these scene ids (comma list, repeatable) [default: every scene]",
+)
+@deprecated_alias("--scene", "--scenes", "scene_alias", multiple=True)
 @click.option(
     "--quick",
     is_flag=True,
     help="check chunk presence, counts and shapes only (no checksums, no chunk is read)",
 )
-def verify_cmd(cache: str, scenes: tuple[str, ...], quick: bool) -> None:
+def verify_cmd(
+    cache: str, scenes: tuple[str, ...], scene_alias: tuple[str, ...], quick: bool
+) -> None:
     """Check every scene: checksums of every array, complete, shapes consistent, indices in
     range, features finite."""
     from tttkd.pipeline.cache import Cache, CacheError
+
+    scenes = split_commas(scenes) + split_commas(scene_alias)
 
     try:
         problems = Cache.open(cache, read_only=True).verify(list(scenes) or None, quick=quick)
@@ -428,12 +378,12 @@ def verify_cmd(cache: str, scenes: tuple[str, ...], quick: bool) -> None:
         sys.exit(1)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 def cli() -> None:
     """Prepare, inspect and verify the TTT-KD teacher cache.
 
     \b
-    tttkd-prep scannet --root /data/scannet --out feats.zarr --workers 2 ...
+    tttkd-prep scannet --root /data/scannet --cache feats.zarr --workers 2 ...
     tttkd-prep inspect feats.zarr
     tttkd-prep verify feats.zarr
     """

@@ -106,7 +106,11 @@ def build_meta(config: PrepConfig, teacher: dict) -> Any:
         label_set=label_set,
         class_names=class_names,
         feature_codec=config.feature_codec,
-        options={"content": config.content_options(), "root": str(config.root)},
+        options={
+            "content": config.content_options(),
+            "root": str(config.root),
+            "config": config.to_record(),  # tttkd-prep inspect CACHE --config repeats the run
+        },
     )
 
 

@@ -49,7 +49,7 @@ def test_structure_lists_datasets_and_tools():
 
 def test_dry_run_counts_and_estimates_without_writing(root, tmp_path):
     out = tmp_path / "feats.zarr"
-    r = invoke("scannet", "--root", root, "--out", out, "--dry-run", *TINY)
+    r = invoke("scannet", "--root", root, "--cache", out, "--dry-run", *TINY)
     assert r.exit_code == 0, r.output
     assert "2 scenes, 0 complete already, 2 to prepare" in r.output
     assert "estimated cache size" in r.output and "MiB" in r.output
@@ -59,10 +59,10 @@ def test_dry_run_counts_and_estimates_without_writing(root, tmp_path):
 
 def test_prep_then_inspect_and_verify(root, tmp_path):
     out = tmp_path / "feats.zarr"
-    r = invoke("scannet", "--root", root, "--out", out, "--split", "train", *TINY)
+    r = invoke("scannet", "--root", root, "--cache", out, "--split", "train", *TINY)
     assert r.exit_code == 0, r.output
     assert "done 1, failed 0, skipped 0" in r.output
-    r = invoke("scannet", "--root", root, "--out", out, *TINY)  # adds the val scene
+    r = invoke("scannet", "--root", root, "--cache", out, *TINY)  # adds the val scene
     assert r.exit_code == 0 and "done 1, failed 0, skipped 1" in r.output
     r = invoke("inspect", out)
     assert r.exit_code == 0 and "train" in r.output and "val" in r.output
@@ -78,7 +78,7 @@ def test_verify_fails_on_an_incomplete_scene(root, tmp_path):
     import zarr
 
     out = tmp_path / "feats.zarr"
-    assert invoke("scannet", "--root", root, "--out", out, *TINY).exit_code == 0
+    assert invoke("scannet", "--root", root, "--cache", out, *TINY).exit_code == 0
     zarr.open_group(str(out), path="scenes/scene0001_00", mode="r+").attrs["complete"] = False
     r = invoke("verify", out)
     assert r.exit_code == 1 and "scene0001_00: incomplete" in r.output
@@ -86,7 +86,7 @@ def test_verify_fails_on_an_incomplete_scene(root, tmp_path):
 
 def test_conflicting_rerun_is_refused_unless_overwrite(root, tmp_path):
     out = tmp_path / "feats.zarr"
-    args = ["scannet", "--root", root, "--out", out, "--scene", "scene0000_00", *TINY]
+    args = ["scannet", "--root", root, "--cache", out, "--scenes", "scene0000_00", *TINY]
     assert invoke(*args).exit_code == 0
     r = invoke(*args, "--voxel-size", "0.05")
     assert r.exit_code == 1 and "voxel_size" in r.output and "--overwrite" in r.output
@@ -98,11 +98,11 @@ def test_conflicting_rerun_is_refused_unless_overwrite(root, tmp_path):
 
 def test_points_only_needs_no_images_flag(root, tmp_path):
     r = invoke(
-        "pointcept", "--root", root, "--out", tmp_path / "p.zarr", "--label-set", "scannet20"
+        "pointcept", "--root", root, "--cache", tmp_path / "p.zarr", "--label-set", "scannet20"
     )
     assert r.exit_code == 1 and "needs posed images" in r.output and "--no-images" in r.output
     out = tmp_path / "points.zarr"
-    r = invoke("scannet", "--root", root, "--out", out, "--no-images", "--no-progress")
+    r = invoke("scannet", "--root", root, "--cache", out, "--no-images", "--no-progress")
     assert r.exit_code == 0, r.output
     cache = Cache.open(str(out), read_only=True)
     assert cache.meta.image_policy == {"selection": "none", "no_images": True}
@@ -112,22 +112,64 @@ def test_points_only_needs_no_images_flag(root, tmp_path):
 
 
 def test_usage_errors(root, tmp_path):
-    r = invoke("scannet", "--root", root, "--out", tmp_path / "x.zarr", "--workers", "2",
+    r = invoke("scannet", "--root", root, "--cache", tmp_path / "x.zarr", "--workers", "2",
                "--scheduler", "tcp://127.0.0.1:1")  # fmt: skip
     assert r.exit_code == 2 and "not both" in r.output
-    r = invoke("scannet", "--root", root, "--out", tmp_path / "x.zarr", "-o", "novalue")
+    r = invoke("scannet", "--root", root, "--cache", tmp_path / "x.zarr", "-o", "novalue")
     assert r.exit_code == 2 and "KEY=VALUE" in r.output
     r = invoke(
-        "scannet", "--root", root, "--out", tmp_path / "x.zarr", "--scene", "scene9999_00", *TINY
+        "scannet", "--root", root, "--cache", tmp_path / "x.zarr", "--scenes", "scene9999_00", *TINY
     )
     assert r.exit_code == 1 and "scene9999_00" in r.output
     r = invoke("inspect", tmp_path / "nothing.zarr")
     assert r.exit_code == 1 and "no tttkd cache" in r.output
+    r = invoke("scannet", "--root", root, *TINY)
+    assert r.exit_code == 2 and "missing option --cache" in r.output
+
+
+def test_old_names_out_and_scene_still_work_with_a_deprecation_line(root, tmp_path):
+    out = tmp_path / "old.zarr"
+    r = CliRunner().invoke(
+        cli, ["scannet", "--root", str(root), "--out", str(out), "--scene", "scene0000_00", *TINY]
+    )
+    assert r.exit_code == 0, r.output
+    assert "--out is deprecated" in r.stderr and "use --cache" in r.stderr
+    assert "--scene is deprecated" in r.stderr and "use --scenes" in r.stderr
+    assert Cache.open(str(out), read_only=True).scene_ids() == ["scene0000_00"]
+    r = CliRunner().invoke(cli, ["verify", str(out), "--scene", "scene0000_00"])
+    assert r.exit_code == 0 and "verified 1 scenes" in r.output and "use --scenes" in r.stderr
+
+
+def test_the_cache_records_its_config_and_a_rerun_from_it_is_the_same(root, tmp_path):
+    out = tmp_path / "feats.zarr"
+    args = ["scannet", "--root", root, "--cache", out, "--scenes", "scene0000_00", *TINY]
+    assert invoke(*args, "--seed", "3", "--device", "auto").exit_code == 0
+    r = invoke("inspect", out, "--config")
+    assert r.exit_code == 0, r.output
+    saved = tmp_path / "prep.yaml"
+    saved.write_text(r.output)
+    import yaml
+
+    record = yaml.safe_load(r.output)
+    assert record["seed"] == 3 and record["scenes"] == ["scene0000_00"]
+    assert record["device"] in ("cpu", "cuda") and record["teacher"] == "test_vit_tiny"
+    assert "overwrite" not in record and "storage_options" not in record
+    again = tmp_path / "again.zarr"
+    r = invoke("scannet", "--config", saved, "--set", f"out={again}", "--no-progress")
+    assert r.exit_code == 0 and "done 1, failed 0, skipped 0" in r.output, r.output
+    a, b = Cache.open(str(out), read_only=True), Cache.open(str(again), read_only=True)
+    assert a.meta.conflicts_with(b.meta) == []
+    assert yaml.safe_load(invoke("inspect", again, "--config").output) == {
+        **record,
+        "out": str(again),
+    }
+    r = invoke("s3dis", "--config", saved)
+    assert r.exit_code == 2 and "is a scannet config" in r.output
 
 
 def test_lossy_pca_codec_fits_a_basis_and_reports_fidelity(root, tmp_path):
     out = tmp_path / "pca.zarr"
-    r = invoke("scannet", "--root", root, "--out", out, "--feature-codec", "pca8", *TINY)
+    r = invoke("scannet", "--root", root, "--cache", out, "--feature-codec", "pca8", *TINY)
     assert r.exit_code == 0 and "pca: 8 components fitted" in r.output, r.output
     cache = Cache.open(str(out), read_only=True)
     assert cache.pca is not None and cache.pca.k == 8
@@ -148,7 +190,7 @@ def test_pointcept_layout_points_only(tmp_path):
         np.save(d / "color.npy", rng.integers(0, 256, (4000, 3)).astype(np.uint8))
         np.save(d / "segment20.npy", rng.integers(-1, 20, 4000).astype(np.int64))
     out = tmp_path / "pc.zarr"
-    args = ["pointcept", "--root", tmp_path / "pc", "--out", out, "--no-progress"]
+    args = ["pointcept", "--root", tmp_path / "pc", "--cache", out, "--no-progress"]
     r = invoke(*args)
     assert r.exit_code == 1 and "--no-images" in r.output
     r = invoke(*args, "--no-images")
