@@ -43,14 +43,15 @@ def _memory_per_worker(memory_limit: str | float | None, n: int) -> Any:
 
 
 def worker_specs(
-    workers: int, gpus: int, memory_limit: str | float | None = "auto"
+    workers: int, gpus: int, memory_limit: str | float | None = "auto", cpu_teacher: bool = True
 ) -> dict[str, dict]:
-    """SpecCluster worker specs: ``workers`` CPU processes, then max(gpus, 1) teacher ones."""
+    """SpecCluster worker specs: ``workers`` CPU processes, then max(gpus, 1) teacher ones
+    (just ``gpus`` without ``cpu_teacher``: adaptation on the CPU needs no teacher slot)."""
     from distributed import Nanny
 
     if workers < 1 or gpus < 0:
         raise ValueError(f"need workers >= 1 and gpus >= 0, got {workers} and {gpus}")
-    teachers = max(gpus, 1)
+    teachers = max(gpus, 1) if cpu_teacher else gpus
     mem = _memory_per_worker(memory_limit, workers + teachers)
 
     def spec(resources: dict[str, float], visible: str) -> dict:
@@ -76,6 +77,7 @@ def local_cluster(
     *,
     memory_limit: str | float | None = "auto",
     dashboard: bool = False,
+    cpu_teacher: bool = True,
 ) -> Any:
     """A ``SpecCluster`` on 127.0.0.1 with the workers of :func:`worker_specs`."""
     from distributed import Scheduler, SpecCluster
@@ -90,20 +92,21 @@ def local_cluster(
         ),
     }
     return SpecCluster(
-        workers=worker_specs(workers, gpus, memory_limit),
+        workers=worker_specs(workers, gpus, memory_limit, cpu_teacher),
         scheduler=scheduler,
         silence_logs=logging.ERROR,
         name="tttkd",
     )
 
 
-def stage_resources(client: Any, echo: Callable[[str], None] = print) -> StageResources:
-    """Which resources the connected workers offer, hence where each stage may run."""
+def stage_resources(client: Any, echo: Callable[[str], None] | None = print) -> StageResources:
+    """Which resources the connected workers offer, hence where each stage may run
+    (``echo`` None: no word about a missing teacher slot, for stages without a teacher)."""
     workers = client.scheduler_info(n_workers=-1).get("workers", {}).values()
     offered = {r for w in workers for r in (w.get("resources") or {})}
     cpu = {CPU: 1} if CPU in offered else None
     teacher = {GPU: 1} if GPU in offered else None
-    if teacher is None:
+    if teacher is None and echo is not None:
         echo(
             "dask: no worker offers the GPU resource, so every worker process builds its own "
             "teacher (start teacher workers with `dask worker ADDRESS --resources GPU=1`)"
@@ -122,6 +125,7 @@ class Cluster:
         scheduler: str | None = None,
         memory_limit: str | float | None = "auto",
         dashboard: bool = False,
+        cpu_teacher: bool = True,
         echo: Callable[[str], None] = print,
     ) -> None:
         if (workers is None) == (scheduler is None):
@@ -132,6 +136,7 @@ class Cluster:
             raise ValueError(f"gpus must be >= 0, got {gpus}")
         self.workers, self.gpus, self.scheduler = workers, gpus, scheduler
         self.memory_limit, self.dashboard, self.echo = memory_limit, dashboard, echo
+        self.cpu_teacher = cpu_teacher
         self.cluster: Any = None
         self.client: Any = None
         self.resources = StageResources(None, None)
@@ -148,10 +153,14 @@ class Cluster:
                 self.echo("dask dashboard unavailable: it needs bokeh (pip install bokeh)")
                 self.dashboard = False
             self.cluster = local_cluster(
-                self.workers, self.gpus, memory_limit=self.memory_limit, dashboard=self.dashboard
+                self.workers,
+                self.gpus,
+                memory_limit=self.memory_limit,
+                dashboard=self.dashboard,
+                cpu_teacher=self.cpu_teacher,
             )
             self.client = Client(self.cluster, set_as_default=False)
-            teachers = f"{self.gpus} GPU" if self.gpus else "1 CPU teacher"
+            teachers = f"{self.gpus} GPU" if self.gpus or not self.cpu_teacher else "1 CPU teacher"
             self.echo(
                 f"dask: local cluster {self.cluster.scheduler_address}, {self.workers} CPU "
                 f"worker processes + {teachers} worker(s), 1 thread each, memory limit "
@@ -159,7 +168,7 @@ class Cluster:
             )
             if self.dashboard:
                 self.echo(f"dask dashboard: {self.cluster.dashboard_link}")
-        self.resources = stage_resources(self.client, self.echo)
+        self.resources = stage_resources(self.client, self.echo if self.cpu_teacher else None)
         return self
 
     def __exit__(self, *exc: object) -> None:

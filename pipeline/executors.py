@@ -102,6 +102,7 @@ class DaskExecutor:
         memory_limit: str | float | None = "auto",
         dashboard: bool = False,
         window: int | None = None,
+        cpu_teacher: bool = True,
         echo: Callable[[str], None] = print,
     ) -> None:
         from tttkd.pipeline.cluster import Cluster
@@ -112,6 +113,7 @@ class DaskExecutor:
             scheduler=scheduler,
             memory_limit=memory_limit,
             dashboard=dashboard,
+            cpu_teacher=cpu_teacher,  # False: no teacher process when gpus is 0 (adaptation)
             echo=echo,
         )
         self.n_workers, self.gpus, self.scheduler = n_workers, gpus, scheduler
