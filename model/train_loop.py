@@ -23,12 +23,13 @@ from tttkd.model.checkpoint import save_checkpoint
 from tttkd.model.config import TrainConfig, config_to_dict
 from tttkd.model.data import CacheSceneDataset, TrainBatch
 from tttkd.model.distributed import DistInfo, all_reduce_sum
-from tttkd.model.losses import distillation_loss_per_row, sample_teacher, segmentation_loss
+from tttkd.model.losses import segmentation_loss
 from tttkd.model.mae import patch_mask, reconstruction_loss
 from tttkd.model.nan_guard import LOSS_TERMS, check_finite_loss, check_finite_weights
 from tttkd.model.network import SegKDNet
 from tttkd.model.runlog import RunLog
 from tttkd.model.sparse.base import SparseContext
+from tttkd.model.teacher_sums import loss_from_unit_sums, unit_sums
 from tttkd.model.train_setup import STATE_FILE, val_loader
 from tttkd.model.train_state import restore_rng, save_train_state
 from tttkd.model.validate import validate
@@ -256,10 +257,11 @@ def _losses(
     l_y = segmentation_loss(point_logits, tb.point_labels, cfg.loss.label_smoothing)
     if cfg.loss.kd:
         b = tb.batch
-        with torch.no_grad():
-            targets = sample_teacher(b.teacher_maps, b.corr_image, b.corr_uv)
-        # pairs summed per voxel first (same value and gradient; the graph is per voxel)
-        l_2d = distillation_loss_per_row(kd_pred, targets, b.corr_point, cfg.loss.kd_kind)
+        with torch.no_grad():  # per-voxel sums of unit targets: the per-pair loss exactly
+            rows, sums = unit_sums(
+                b.teacher_maps, b.corr_point, b.corr_image, b.corr_uv, kd_pred.shape[1]
+            )
+        l_2d = loss_from_unit_sums(kd_pred, rows, sums, b.corr_point.numel(), cfg.loss.kd_kind)
         total = l_y + cfg.loss.kd_weight * l_2d
     else:
         l_2d = torch.zeros((), device=l_y.device)
