@@ -143,7 +143,7 @@ class Cache:
     ) -> Cache:
         """New cache, or resume an existing one with the same meta; ``overwrite`` wipes it.
 
-        Never deletes a store that is not a tttkd cache (a mistyped ``--out`` must not wipe
+        Never deletes a store that is not a tttkd cache (a mistyped ``--cache`` must not wipe
         someone's folder).
         """
         import zarr
@@ -161,20 +161,20 @@ class Cache:
                     "the cache was made with different settings:\n    " + "\n    ".join(diffs),
                     file=url,
                     fix="rerun with --overwrite to delete it and start again, or choose "
-                    "another --out",
+                    "another --cache",
                 )
             if not overwrite:
                 raise CacheError(
                     f"the cache has schema {existing.get('schema')} (tttkd "
                     f"{existing.get('tttkd_version')}); this tttkd writes schema {SCHEMA_VERSION}",
                     file=url,
-                    fix="rerun with --overwrite to rebuild it, or choose another --out",
+                    fix="rerun with --overwrite to rebuild it, or choose another --cache",
                 )
         elif not run_sync(store.is_empty("")):
             raise CacheError(
                 "refusing to write: the location is not empty and is not a tttkd cache",
                 file=url,
-                fix="choose an empty or new --out location",
+                fix="choose an empty or new --cache location",
             )
         attrs = with_root_digest({"format": FORMAT, **meta.to_dict()})
         root = zarr.open_group(store, mode="w", attributes=attrs)
@@ -192,7 +192,7 @@ class Cache:
             raise CacheError(
                 "no tttkd cache here" if attrs is None else "this Zarr store is not a tttkd cache",
                 file=url,
-                fix="pass the --out of a tttkd-prep run (tttkd-prep DATASET --out feats.zarr)",
+                fix="pass the --cache of a tttkd-prep run (tttkd-prep DATASET --cache feats.zarr)",
             )
         if attrs.get("schema") != SCHEMA_VERSION:
             raise schema_error(attrs, url)
@@ -362,7 +362,7 @@ class Cache:
                 "the scene is incomplete (its write was interrupted)",
                 file=self.url,
                 scene=scene_id,
-                fix="rerun tttkd-prep with the same --out; it redoes incomplete scenes",
+                fix="rerun tttkd-prep with the same --cache; it redoes incomplete scenes",
             )
         return CheckedGroup(self._store, path, g, scene_id, self.url)  # chunks present
 

@@ -31,7 +31,7 @@ UV_KEY, FEATURES_KEY = "corr/uv", "images/features"
 REBUILD = (
     "the cache is damaged: run `tttkd-prep verify CACHE` to list the damaged scenes, then "
     "rebuild the cache with `tttkd-prep ... --overwrite` (or delete those scene groups and "
-    "rerun tttkd-prep with the same --out)"
+    "rerun tttkd-prep with the same --cache)"
 )
 
 
@@ -281,7 +281,7 @@ def warn_incomplete(cache: Any) -> int:
         warnings.warn(
             f"{len(skipped)} incomplete scene{many} in {cache.url} skipped: "
             f"{', '.join(skipped[:10])}{' ...' if len(skipped) > 10 else ''} (rerun tttkd-prep "
-            "with the same --out to finish them; tttkd-prep verify lists them)",
+            "with the same --cache to finish them; tttkd-prep verify lists them)",
             IncompleteScenesWarning,
             stacklevel=3,
         )

@@ -53,7 +53,7 @@ def schema_error(attrs: dict, url: str) -> CacheError:
     )
     root = (attrs.get("options") or {}).get("root") or "DATA_ROOT"
     command = (
-        f"tttkd-prep {attrs.get('dataset') or 'DATASET'} --root {root} --out {url} --overwrite"
+        f"tttkd-prep {attrs.get('dataset') or 'DATASET'} --root {root} --cache {url} --overwrite"
     )
     return CacheError(
         f"cache schema {found} (written by tttkd {attrs.get('tttkd_version')}); this tttkd reads "

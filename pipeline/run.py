@@ -131,7 +131,7 @@ def open_cache(config: PrepConfig, meta: Any) -> Any:
                     f"the cache was made with other reader/label options: {before} -> {now}",
                     file=config.out,
                     fix="rerun with --overwrite to delete it and start again, or choose "
-                    "another --out",
+                    "another --cache",
                 )
     return Cache.create(
         config.out, meta, overwrite=config.overwrite, storage_options=config.storage_options

@@ -78,6 +78,6 @@ def check_scene_id(scene_id: str) -> str:
             f"unsafe scene id {scene_id!r}: ids are relative names inside the dataset root "
             "(no '..', no absolute path, no empty part)",
             scene=str(scene_id),
-            fix="correct that line of the split file (or the --scene value)",
+            fix="correct that line of the split file (or the --scenes value)",
         )
     return scene_id

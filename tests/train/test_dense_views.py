@@ -123,7 +123,8 @@ def test_schema_1_cache_is_refused_with_the_rebuild_command(dense, tmp_path):
         Cache.open(old, read_only=True)
     msg = str(e.value)
     assert "schema 1" in msg and "one point per network voxel" in msg
-    assert f"tttkd-prep pointcept --root {attrs['options']['root']} --out {old} --overwrite" in msg
+    root = attrs["options"]["root"]
+    assert f"tttkd-prep pointcept --root {root} --cache {old} --overwrite" in msg
     r = CliRunner().invoke(cli, ["inspect", old], catch_exceptions=False)
     assert r.exit_code == 1 and "--overwrite" in r.output and "Traceback" not in r.output
 
