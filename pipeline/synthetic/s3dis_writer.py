@@ -161,6 +161,7 @@ def _write_frame(
     images_root: Path,
     area_dir: str,
     stem: str,
+    *,
     cam: Camera,
     room: Room,
     c2w_file: np.ndarray,
@@ -202,6 +203,196 @@ def rooms_per_area(num_scenes: int, areas: tuple[int, ...]) -> list[int]:
     return [n + (i < extra) for i in range(len(areas))]
 
 
+@dataclass(frozen=True)
+class _Placement:
+    """Where a room stands in its area: the one pose the clouds, the angle file and the
+    frames share."""
+
+    theta: int  # alignment angle, degrees
+    raw_from_local: np.ndarray  # (4, 4)
+    aligned_from_raw: np.ndarray  # (4, 4) = Rz(-θ) about the bounding-box centre
+    next_x: float  # where the next room of the area starts (rooms stand side by side)
+
+
+@dataclass(frozen=True)
+class _Sampled:
+    """A room's points in sampling order, and the annotation file each box's points go to."""
+
+    xyz_raw: np.ndarray  # (N, 3) float64
+    xyz_aligned: np.ndarray
+    rgb: np.ndarray  # (N, 3) uint8, after the domain
+    files: list[tuple[str, np.ndarray, Box]]  # (file name, point indices, box), reader order
+
+
+def _s3dis_room(name: str, rseed: int, stairs: bool) -> Room:
+    """A room with S3DIS's classes (``stairs`` only in the dataset's first room)."""
+    room = make_room(
+        rseed,
+        name=name,
+        furniture=FURNITURE + (("stairs",) if stairs else ()),
+        colors={k: v[1] for k, v in _EXTRA.items()},
+        sizes={k: v[0] for k, v in _EXTRA.items()},
+    )
+    return _snap(room)
+
+
+def _place(room: Room, *, area: int, index: int, x_cursor: float) -> _Placement:
+    """Turn room ``index`` of ``area`` by its angle and stand it at ``x_cursor``."""
+    theta = (90, 270, 180, 0)[index % 4]
+    R = _rz(theta)
+    size = np.asarray(room.size)
+    ext = np.abs(R) @ size
+    lo = np.array([x_cursor, 10.0 * area - 30.0, 0.1])
+    centre = lo + ext / 2
+    Rm = R.T  # Rz(-θ)
+    return _Placement(
+        theta=theta,
+        raw_from_local=_rigid(R, lo + ext / 2 - R @ (size / 2)),
+        aligned_from_raw=_rigid(Rm, centre - Rm @ centre),
+        next_x=round(x_cursor + ext[0] + 1.0, 3),
+    )
+
+
+def _annotation_files(room: Room, box_idx: np.ndarray) -> list[tuple[str, np.ndarray, Box]]:
+    """One file per box, ``<token>_<k>.txt`` with k counted per token, sorted as the reader
+    sorts them (so the truth's points are in reader order)."""
+    counts: dict[str, int] = {}
+    files = []
+    for bi, box in enumerate(room.boxes):
+        token = _FILE_TOKEN.get(box.class_name, box.class_name)
+        counts[token] = counts.get(token, 0) + 1
+        files.append((f"{token}_{counts[token]}.txt", np.flatnonzero(box_idx == bi), box))
+    files.sort(key=lambda f: _natural(f[0]))
+    return files
+
+
+def _sample(room: Room, place: _Placement, *, domain: Domain, rseed: int) -> _Sampled:
+    xyz, rgb_true, box_idx = sample_points(room, spacing=domain.spacing, seed=rseed)
+    rgb = domain.point_colors(rgb_true, seed=rseed)
+    files = _annotation_files(room, box_idx)
+    xyz_raw = _apply(place.raw_from_local, xyz.astype(np.float64))
+    xyz_al = _apply(place.aligned_from_raw, xyz_raw)
+    return _Sampled(xyz_raw=xyz_raw, xyz_aligned=xyz_al, rgb=rgb, files=files)
+
+
+def _room_truth(scene_id: str, room: Room, place: _Placement, s: _Sampled) -> S3DISRoomTruth:
+    """What the reader must give back: the points in annotation-file order, s3dis13 labels."""
+    order = np.concatenate([f[1] for f in s.files])
+    ls = get_label_set("s3dis13")
+    label_of = {"stairs": "clutter"}
+    label = np.concatenate(
+        [
+            np.full(len(f[1]), ls.index(label_of.get(f[2].class_name, f[2].class_name)))
+            for f in s.files
+        ]
+    ).astype(np.int16)
+    return S3DISRoomTruth(
+        scene_id=scene_id,
+        room=room,
+        theta=float(place.theta),
+        raw_from_local=place.raw_from_local,
+        aligned_from_raw=place.aligned_from_raw,
+        xyz_raw=s.xyz_raw[order],
+        xyz_aligned=s.xyz_aligned[order],
+        rgb=s.rgb[order],
+        label=label,
+    )
+
+
+def _write_room_texts(
+    root: Path, truth: S3DISGroundTruth, scene_id: str, s: _Sampled, *, first: bool
+) -> None:
+    """The room file and its annotation files in both versions; the dataset's first room gets
+    the control-byte glitches (listed in ``truth.corrupted``)."""
+    area, name = scene_id.split("/")
+    for vdir, pts, aligned in ((ALIGNED_DIR, s.xyz_aligned, True), (RAW_DIR, s.xyz_raw, False)):
+        room_dir = root / vdir / area / name
+        (room_dir / "Annotations").mkdir(parents=True, exist_ok=True)
+        all_lines = []
+        for fname, idx, _ in s.files:
+            lines = _lines(pts[idx], s.rgb[idx], aligned)
+            if first and fname == "ceiling_1.txt" and len(lines) > 10:
+                lines[7] = _corrupt(lines[7], aligned, in_room_file=False)
+                truth.corrupted.append(f"{vdir}/{area}/{name}/Annotations/{fname}:8")
+            all_lines.extend(lines)
+            (room_dir / "Annotations" / fname).write_bytes(b"\n".join(lines) + b"\n")
+        if first:
+            all_lines[3] = _corrupt(all_lines[3], aligned, in_room_file=True)
+        room_file = "copy_Room_1" if (aligned and scene_id == "Area_6/copyRoom_1") else name
+        (room_dir / f"{room_file}.txt").write_bytes(b"\n".join(all_lines) + b"\n")
+
+
+@dataclass(frozen=True)
+class _Cameras:
+    """How the 2D-3D-S frames of every room are shot."""
+
+    views: int
+    width: int
+    height: int
+    fov_deg: float
+    depth_hole_fraction: float
+
+
+def _write_room_frames(
+    root: Path,
+    room: S3DISRoomTruth,
+    *,
+    area: int,
+    cameras: _Cameras,
+    rseed: int,
+    rng: np.random.Generator,
+) -> None:
+    """2D-3D-S frames, rendered in the local frame and posed in the raw area frame; Area 5
+    puts every other camera position into ``area_5b``. Appends to ``room.frames``."""
+    name = room.scene_id.split("/")[1]
+    cams = place_cameras(
+        room.room,
+        cameras.views,
+        width=cameras.width,
+        height=cameras.height,
+        fov_deg=cameras.fov_deg,
+        seed=rseed,
+    )
+    uuid = ""
+    for k, cam in enumerate(cams):
+        if k % 2 == 0:  # two frames per camera position, as 2D-3D-S groups them
+            uuid = rng.bytes(16).hex()
+        c2w_raw = room.raw_from_local @ cam.c2w
+        if area == 5:
+            area_dir = "area_5b" if (k // 2) % 2 else "area_5a"
+        else:
+            area_dir = f"area_{area}"
+        c2w_file = np.linalg.inv(AREA_5B_TO_5A) @ c2w_raw if area_dir == "area_5b" else c2w_raw
+        stem = f"camera_{uuid}_{name}_frame_{k}"
+        meta = {
+            "frame_num": k,
+            "camera_uuid": uuid,
+            "point_uuid": rng.bytes(16).hex(),
+            "room": name,
+        }
+        _write_frame(
+            root,
+            area_dir,
+            stem,
+            cam=cam,
+            room=room.room,
+            c2w_file=c2w_file,
+            meta=meta,
+            holes=cameras.depth_hole_fraction,
+            rng=rng,
+        )
+        room.frames.append(
+            S3DISFrameTruth(
+                name=stem,
+                area_dir=area_dir,
+                K=cam.K.copy(),
+                c2w_raw=c2w_raw,
+                c2w_aligned=room.aligned_from_raw @ c2w_raw,
+                camera=cam,
+            )
+        )
+
+
 def write_s3dis_dataset(
     root: str | Path,
     num_scenes: int = NUM_SCENES,
@@ -226,8 +417,8 @@ def write_s3dis_dataset(
     if num_scenes < 1 or not areas:
         raise ValueError("num_scenes must be >= 1 and areas must name at least one area")
     width, height = image_wh(image_size)
-    ls = get_label_set("s3dis13")
-    rng = np.random.default_rng(seed)
+    cameras = _Cameras(views, width, height, fov_deg, depth_hole_fraction)
+    rng = np.random.default_rng(seed)  # one stream over every frame of every room, in order
     truth = S3DISGroundTruth(root=root, rooms={}, corrupted=[])
     for ai, (area, n_rooms) in enumerate(zip(areas, rooms_per_area(num_scenes, areas))):
         if n_rooms == 0:
@@ -235,121 +426,20 @@ def write_s3dis_dataset(
         angles = []
         x_cursor = -20.0
         for ri in range(n_rooms):
-            rtype = ROOM_TYPES[ri % len(ROOM_TYPES)]
-            name = f"{rtype}_{ri // len(ROOM_TYPES) + 1}"
+            name = f"{ROOM_TYPES[ri % len(ROOM_TYPES)]}_{ri // len(ROOM_TYPES) + 1}"
             rseed = seed * 1000 + area * 100 + ri
-            furniture = FURNITURE + (("stairs",) if ai == ri == 0 else ())
-            room = _snap(
-                make_room(
-                    rseed,
-                    name=name,
-                    furniture=furniture,
-                    colors={k: v[1] for k, v in _EXTRA.items()},
-                    sizes={k: v[0] for k, v in _EXTRA.items()},
-                )
-            )
-            theta = (90, 270, 180, 0)[ri % 4]
-            R = _rz(theta)
-            size = np.asarray(room.size)
-            ext = np.abs(R) @ size
-            lo = np.array([x_cursor, 10.0 * area - 30.0, 0.1])
-            x_cursor = round(x_cursor + ext[0] + 1.0, 3)
-            raw_from_local = _rigid(R, lo + ext / 2 - R @ (size / 2))
-            centre = lo + ext / 2
-            Rm = R.T  # Rz(-θ)
-            aligned_from_raw = _rigid(Rm, centre - Rm @ centre)
-            angles.append(f"{name} {theta}\n")
-            xyz, rgb_true, box_idx = sample_points(room, spacing=domain.spacing, seed=rseed)
-            rgb = domain.point_colors(rgb_true, seed=rseed)
-            # One annotation file per box: <token>_<k>.txt, k counted per token.
-            counts: dict[str, int] = {}
-            files = []
-            for bi, box in enumerate(room.boxes):
-                token = _FILE_TOKEN.get(box.class_name, box.class_name)
-                counts[token] = counts.get(token, 0) + 1
-                files.append((f"{token}_{counts[token]}.txt", np.flatnonzero(box_idx == bi), box))
-            files.sort(key=lambda f: _natural(f[0]))
-            order = np.concatenate([f[1] for f in files])
-            xyz_raw = _apply(raw_from_local, xyz.astype(np.float64))
-            xyz_al = _apply(aligned_from_raw, xyz_raw)
+            room = _s3dis_room(name, rseed, stairs=ai == ri == 0)
+            place = _place(room, area=area, index=ri, x_cursor=x_cursor)
+            x_cursor = place.next_x
+            angles.append(f"{name} {place.theta}\n")
             scene_id = f"Area_{area}/{name}"
-            label_of = {"stairs": "clutter"}
-            label = np.concatenate(
-                [
-                    np.full(len(f[1]), ls.index(label_of.get(f[2].class_name, f[2].class_name)))
-                    for f in files
-                ]
-            ).astype(np.int16)
-            truth.rooms[scene_id] = S3DISRoomTruth(
-                scene_id=scene_id,
-                room=room,
-                theta=float(theta),
-                raw_from_local=raw_from_local,
-                aligned_from_raw=aligned_from_raw,
-                xyz_raw=xyz_raw[order],
-                xyz_aligned=xyz_al[order],
-                rgb=rgb[order],
-                label=label,
-            )
-            first = ai == ri == 0
-            for vdir, pts, aligned in ((ALIGNED_DIR, xyz_al, True), (RAW_DIR, xyz_raw, False)):
-                room_dir = root / vdir / f"Area_{area}" / name
-                (room_dir / "Annotations").mkdir(parents=True, exist_ok=True)
-                all_lines = []
-                for fname, idx, _ in files:
-                    lines = _lines(pts[idx], rgb[idx], aligned)
-                    if first and fname == "ceiling_1.txt" and len(lines) > 10:
-                        lines[7] = _corrupt(lines[7], aligned, in_room_file=False)
-                        rel = f"{vdir}/Area_{area}/{name}/Annotations/{fname}"
-                        truth.corrupted.append(f"{rel}:8")
-                    all_lines.extend(lines)
-                    (room_dir / "Annotations" / fname).write_bytes(b"\n".join(lines) + b"\n")
-                if first:
-                    all_lines[3] = _corrupt(all_lines[3], aligned, in_room_file=True)
-                room_file = "copy_Room_1" if (aligned and scene_id == "Area_6/copyRoom_1") else name
-                (room_dir / f"{room_file}.txt").write_bytes(b"\n".join(all_lines) + b"\n")
-            # 2D-3D-S frames, rendered in the local frame, posed in the raw area frame.
+            sampled = _sample(room, place, domain=domain, rseed=rseed)
+            truth.rooms[scene_id] = _room_truth(scene_id, room, place, sampled)
+            _write_room_texts(root, truth, scene_id, sampled, first=ai == ri == 0)
             if views:
-                cams = place_cameras(
-                    room,
-                    views,
-                    width=width,
-                    height=height,
-                    fov_deg=fov_deg,
-                    seed=rseed,
+                _write_room_frames(
+                    root, truth.rooms[scene_id], area=area, cameras=cameras, rseed=rseed, rng=rng
                 )
-                uuid = ""
-                for k, cam in enumerate(cams):
-                    if k % 2 == 0:  # two frames per camera position, as 2D-3D-S groups them
-                        uuid = rng.bytes(16).hex()
-                    c2w_raw = raw_from_local @ cam.c2w
-                    if area == 5:
-                        area_dir = "area_5b" if (k // 2) % 2 else "area_5a"
-                    else:
-                        area_dir = f"area_{area}"
-                    c2w_file = (
-                        np.linalg.inv(AREA_5B_TO_5A) @ c2w_raw if area_dir == "area_5b" else c2w_raw
-                    )
-                    stem = f"camera_{uuid}_{name}_frame_{k}"
-                    meta = {
-                        "frame_num": k,
-                        "camera_uuid": uuid,
-                        "point_uuid": rng.bytes(16).hex(),
-                        "room": name,
-                    }
-                    _write_frame(
-                        root, area_dir, stem, cam, room, c2w_file, meta, depth_hole_fraction, rng
-                    )
-                    truth.rooms[scene_id].frames.append(
-                        S3DISFrameTruth(
-                            name=stem,
-                            area_dir=area_dir,
-                            K=cam.K.copy(),
-                            c2w_raw=c2w_raw,
-                            c2w_aligned=aligned_from_raw @ c2w_raw,
-                            camera=cam,
-                        )
-                    )
         for vdir in (ALIGNED_DIR, RAW_DIR):
             path = root / vdir / f"Area_{area}" / f"Area_{area}_alignmentAngle.txt"
             path.write_text(_HEADER.format(n=area) + "".join(angles))
