@@ -26,7 +26,9 @@ def adapt_options(fields: FieldOptions) -> Callable[[Callable], Callable]:
 
     def decorate(f: Callable) -> Callable:
         f = fields(f)
-        f = click.option("--progress/--no-progress", default=True, help="progress bar")(f)
+        f = click.option(
+            "--progress/--no-progress", default=True, show_default=True, help="progress bar"
+        )(f)
         f = config_file_options(f)
         f = click.option("--out", type=click.Path(file_okay=False), help="output folder")(f)
         f = click.option(
