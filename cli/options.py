@@ -27,6 +27,7 @@ __all__ = [
     "NumberList",
     "config_file_options",
     "deprecated_alias",
+    "field_at",
     "leaf_paths",
     "split_commas",
 ]
@@ -129,7 +130,7 @@ def _backends() -> list[str]:
 def _archs() -> list[str]:
     from tttkd.model.minkunet import ARCHITECTURES
 
-    return sorted(ARCHITECTURES)
+    return list(ARCHITECTURES)
 
 
 def _label_sets() -> list[str]:
@@ -141,11 +142,11 @@ def _label_sets() -> list[str]:
 LAZY_CHOICES: dict[str, tuple[Callable[[], list[str]], str]] = {
     "backend": (_backends, "[auto|torch|table|spconv|minkowski]"),
     "arch": (_archs, "[minkunet34c|minkunet18a|minkunet14a|minkunet_test]"),
-    "label_set": (_label_sets, "[scannet20|s3dis13|matterport21]"),
+    "label_set": (_label_sets, "[s3dis13|scannet20|matterport21]"),
 }
 
 
-def _field(cls: type, path: str) -> tuple[dataclasses.Field, Any]:
+def field_at(cls: type, path: str) -> tuple[dataclasses.Field, Any]:
     """The field at dotted ``path`` of the (nested) dataclass ``cls`` and its annotation."""
     *sections, name = path.split(".")
     for s in sections:
@@ -207,7 +208,7 @@ class FieldOptions:
         self.names: dict[str, str] = {}  # field path -> option name (--batch-size)
 
     def _option(self, path: str) -> Callable:
-        f, tp = _field(self.cls, path)
+        f, tp = field_at(self.cls, path)
         meta = dict(f.metadata)
         if "help" not in meta:
             raise TypeError(f"{self.cls.__name__}.{path} has no help: declare it with setting()")

@@ -17,7 +17,6 @@ import click
 
 from tttkd.cli.guard import check_scheduler, run_command
 from tttkd.cli.options import (
-    CommaList,
     FieldOptions,
     config_file_options,
     deprecated_alias,
@@ -115,6 +114,7 @@ def _parse_pairs(values: tuple[str, ...], what: str) -> dict[str, Any]:
 BY_HAND = {"dataset": "the subcommand", "reader_options": "--reader-option",
            "storage_options": "--storage-option"}  # fmt: skip
 FIELDS = FieldOptions(PrepConfig, [f.name for f in fields(PrepConfig) if f.name not in BY_HAND])
+VERIFY_FIELDS = FieldOptions(PrepConfig, ["scenes"])  # tttkd-prep verify --scenes
 # the options that say how to run, not what the cache holds (not recorded in the cache)
 RUN_OPTIONS = ("workers", "gpus", "scheduler", "memory_limit", "dashboard", "dry_run")
 RUN_OPTIONS += ("progress", "config_files", "sets", "reader_option", "storage_option")
@@ -343,12 +343,7 @@ def inspect_cmd(cache: str, as_json: bool, as_config: bool) -> None:
 
 @click.command("verify")
 @click.argument("cache")
-@click.option(
-    "--scenes",
-    type=CommaList(),
-    multiple=True,
-    help="only these scene ids (comma list, repeatable) [default: every scene]",
-)
+@VERIFY_FIELDS
 @deprecated_alias("--scene", "--scenes", "scene_alias", multiple=True)
 @click.option(
     "--quick",

@@ -161,7 +161,9 @@ class DataConfig:
         "(recorded in RUN/selection.json and best.safetensors); 0 = no validation",
     )
     batch_size: int = setting(8, help="scenes per step and process (our choice)")
-    max_images: int = setting(8, help="images read per scene per step (random subset); 0 = all")
+    max_images: int = setting(
+        8, min=0, help="images read per scene per step (random subset); 0 = all"
+    )
     val_full_resolution: bool = setting(
         False, option="--full-res-val", help="also score every original point at validation"
     )
@@ -189,7 +191,7 @@ class RuntimeConfig:
     keep_every: int = setting(
         0, help="also keep epoch_NNNN checkpoints every k epochs; 0 = last + best only"
     )
-    progress: bool = setting(True, help="progress bar")
+    progress: bool = setting(True, help="progress bars of training and validation")
     tensorboard: bool = setting(True, help="TensorBoard logs (when tensorboard is installed)")
 
 
