@@ -24,7 +24,14 @@ from tttkd.cli.options import (
 )
 from tttkd.pipeline.datasets.registry import DATASETS
 from tttkd.pipeline.plan import PrepConfig
-from tttkd.settings import apply_overrides, build, merge_delta, read_config_file
+from tttkd.settings import (
+    ConfigError,
+    apply_overrides,
+    build,
+    check_keys,
+    merge_delta,
+    read_config_file,
+)
 
 # reader options per dataset: (click decls, reader kwarg, click kwargs); unset = reader default
 _PATH = click.Path(file_okay=True, dir_okay=True)
@@ -223,6 +230,10 @@ def _config(dataset: str, reader_options: dict, kw: dict[str, Any]) -> PrepConfi
     data: dict = {}
     for f in kw.pop("config_files"):
         delta = read_config_file(f)
+        try:
+            check_keys(PrepConfig, delta)
+        except ConfigError as e:
+            raise ConfigError(f"{f}: {e}") from e
         if delta.get("dataset", dataset) != dataset:
             raise click.UsageError(
                 f"{f} is a {delta['dataset']} config; run tttkd-prep {delta['dataset']} with it"
@@ -250,13 +261,6 @@ def _prep(dataset: str, reader_options: dict, **kw: Any) -> None:
     progress, is_dry = kw.pop("progress"), kw.pop("dry_run")
     try:
         config = _config(dataset, reader_options, kw)
-        if config.scene_timeout and (workers is not None or scheduler is not None):
-            click.echo(
-                "warning: --scene-timeout is enforced in serial runs only; on a Dask cluster a "
-                "scene's CPU stage runs in a worker thread, where only the regular-file checks "
-                "guard against hangs",
-                err=True,
-            )
         if scheduler is not None and not is_dry:
             check_scheduler(scheduler)  # seconds, not a hang, when nobody listens there
         if is_dry:

@@ -115,7 +115,7 @@ class PrepConfig:
         min=0,
         min_open=True,
         help="seconds a scene may spend reading and corresponding before it fails (the run "
-        "goes on; serial runs)",
+        "goes on; on Dask the stuck worker is restarted)",
     )
     storage_options: dict | None = setting(
         None, help="fsspec storage options for a remote cache (--storage-option KEY=VALUE)"

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -78,3 +79,87 @@ def test_the_deadline_interrupts_a_blocking_open(tmp_path):
         with scene_deadline(0.3, "scene0000_00"):
             open(fifo, "rb").close()  # blocks until a writer appears: never
     assert time.perf_counter() - t0 < 5
+
+
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie (Linux /proc)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs FIFOs and /proc")
+def test_scene_timeout_on_a_dask_cluster_fails_the_stuck_scene_only(root, tmp_path):
+    """Before: on a Dask cluster --scene-timeout only warned, and a blocked CPU task held its
+    worker, and so the run, forever. Now the driver fails that scene, cancels the task and
+    restarts its worker; the other scenes are written; a rerun retries the scene."""
+    from tttkd.pipeline.cache import Cache
+    from tttkd.pipeline.executors import DaskExecutor
+    from tttkd.pipeline.plan import PrepConfig
+    from tttkd.pipeline.run import run_prep
+
+    fifo = tmp_path / "never_written"
+    os.mkfifo(fifo)
+    out = tmp_path / "feats.zarr"
+    config = PrepConfig(
+        dataset="scannet",
+        root=str(root),
+        out=str(out),
+        teacher="test_vit_tiny",
+        image_size=28,
+        reader_options={"frames": "25k"},
+        scene_timeout=8.0,
+    )
+    stuck = "scene0000_00"
+
+    def hang_on(scene: str, fifo: str) -> int:  # local, so Dask ships it by value
+        """In a worker: ``scene``'s CPU stage blocks in ``open()`` of a FIFO (a real blocking
+        system call, which nothing inside the process can interrupt)."""
+        from tttkd.pipeline import prep_scene
+
+        real = prep_scene.build_record
+
+        def build_record(job):
+            if job.scene_id == scene:
+                open(fifo, "rb").close()
+            return real(job)
+
+        prep_scene.build_record = build_record
+        return os.getpid()
+
+    reports: list = []
+    try:
+        with DaskExecutor(1, memory_limit="2GB", echo=lambda s: None) as ex:
+            pids = set(ex.client.run(hang_on, stuck, str(fifo)).values())
+            run = threading.Thread(  # a thread, so that a hang fails the test, not CI
+                target=lambda: reports.append(
+                    run_prep(config, ex, progress=False, echo=lambda s: None)
+                ),
+                daemon=True,
+            )
+            run.start()
+            run.join(timeout=300)
+            assert not run.is_alive(), "the run is blocked by the stuck scene"
+            now = set(ex.client.run(os.getpid).values())
+    finally:  # whatever happened: nothing may stay blocked on the FIFO
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+    (report,) = reports
+    assert report.done == ["scene0001_00"], report.failed
+    assert [f["scene_id"] for f in report.failed] == [stuck]
+    reason = report.failed[0]["reason"]
+    assert "--scene-timeout 8 s" in reason and "a rerun retries" in reason, reason
+    assert "stays busy" not in reason and "did not restart" not in reason, reason
+    (pid,) = pids - now  # the worker that held the blocked task was replaced ...
+    deadline = time.monotonic() + 30
+    while _running(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _running(pid)  # ... and is gone
+    cache = Cache.open(str(out), read_only=True)
+    assert cache.scene_ids() == ["scene0001_00"]
+    again = run_prep(config, progress=False, echo=lambda s: None)  # serial: nothing hangs now
+    assert again.done == [stuck] and again.exit_code == 0, again.failed
