@@ -41,23 +41,21 @@ def _lattice(lo: float, hi: float, step: float) -> np.ndarray:
     return np.concatenate([[lo], inner, [hi]])
 
 
-def box_mesh(
-    room: Room,
-    spacing: float,
-    *,
-    seed: int,
-    domain: Domain,
-    category_of: Callable[[Box], int],
-    train_of: Callable[[Box], int],
-    no_class: Sequence[int] = (),
-    first_box: int = 0,
-) -> RegionMesh:
-    """The visible surfaces of ``room`` (its boxes already in the house frame)."""
-    floor = room.boxes[0]
-    in_lo = np.array([floor.lo[0], floor.lo[1], 0.0])
-    in_hi = in_lo + np.asarray(room.size)
-    verts, norms, uvs, owner, faces, attrs = [], [], [], [], [], []
-    n_vert, material = 0, 0
+@dataclass(frozen=True)
+class _Side:
+    """One visible side of a box: a lattice grid and the triangles of it that are kept."""
+
+    box: int  # index into room.boxes
+    xyz: np.ndarray  # (P, 3) float64 grid points
+    normal: np.ndarray  # (P, 3) outward normal, repeated
+    uv: np.ndarray  # (P, 2) position on the side, 0..1
+    tri: np.ndarray  # (T, 3) indices into xyz, wound outwards
+
+
+def _visible_sides(room: Room, spacing: float, in_lo: np.ndarray, in_hi: np.ndarray) -> list[_Side]:
+    """Every box side as a grid, minus the triangles outside the room or inside another box
+    (hidden surfaces would only hold unseen, wrongly voted vertices)."""
+    sides = []
     for bi, box in enumerate(room.boxes):
         lo, hi = np.asarray(box.lo, float), np.asarray(box.hi, float)
         for axis in range(3):
@@ -89,28 +87,21 @@ def box_mesh(
                 uv = np.stack(
                     [(p[:, a] - lo[a]) / (hi[a] - lo[a]), (p[:, b] - lo[b]) / (hi[b] - lo[b])], 1
                 )
-                verts.append(p)
-                norms.append(np.broadcast_to(normal, p.shape))
-                uvs.append(uv)
-                owner.append(np.full(len(p), bi))
-                faces.append(tri + n_vert)
-                attrs.append(np.tile([bi, material], (len(tri), 1)))
-                n_vert += len(p)
-                material += 1
-    xyz = np.concatenate(verts)
-    tri = np.concatenate(faces)
-    fbox, fmat = np.concatenate(attrs).T
-    category = np.array([category_of(room.boxes[i]) for i in fbox], dtype=np.int32)
-    label = np.array([train_of(room.boxes[i]) for i in fbox], dtype=np.int16)
-    segment = np.array([room.boxes[i].instance for i in fbox], dtype=np.int32)
-    # "No class" patches: -1 and 0 on two walls, then the given categories on floor and ceiling.
-    cen = xyz[tri].mean(axis=1)
-    rel = (cen - in_lo) / (in_hi - in_lo)
+                sides.append(_Side(bi, p, np.broadcast_to(normal, p.shape), uv, tri))
+    return sides
+
+
+def _no_class_masks(
+    room: Room, rel: np.ndarray, fbox: np.ndarray, no_class: Sequence[int]
+) -> list[tuple[np.ndarray, int]]:
+    """Faces of the "no class" patches and their category: -1 and 0 on two walls, then the
+    ``no_class`` categories on floor and ceiling. ``rel``: face centres, 0..1 in the room."""
     walls = [i for i, bx in enumerate(room.boxes) if bx.class_name == "wall"]
     patches = [(walls[0], -1, (1, 2), (0.3, 0.55)), (walls[1], 0, (1, 2), (0.5, 0.7))]
     for cls_box, cat in zip((0, 1), no_class):
         patches.append((cls_box, cat, (0, 1), (0.25, 0.4)))
-    for j, (bi, cat, (ax1, ax2), (r0, r1)) in enumerate(patches):
+    masks = []
+    for bi, cat, (ax1, ax2), (r0, r1) in patches:
         m = (
             (fbox == bi)
             & (rel[:, ax1] > r0)
@@ -118,17 +109,53 @@ def box_mesh(
             & (rel[:, ax2] > r0)
             & (rel[:, ax2] < r1)
         )
-        category[m], label[m], fmat[m], segment[m] = cat, -1, material, 1000 + j
-        material += 1
-    # Merge coincident vertices, then drop the ones no kept face uses.
+        masks.append((m, cat))
+    return masks
+
+
+def _merge_vertices(xyz: np.ndarray, tri: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Merge coincident vertices (touching sides share them), then drop the ones no kept face
+    uses; the new faces and, per kept vertex, the index of its source vertex."""
     _, first, inv = np.unique(
         np.round(xyz * 1e6).astype(np.int64), axis=0, return_index=True, return_inverse=True
     )
     tri = inv.reshape(-1)[tri]
     used, tri = np.unique(tri, return_inverse=True)
-    tri = tri.reshape(-1, 3)
-    src = first[used]
-    xyz, owner_v = xyz[src], np.concatenate(owner)[src]
+    return tri.reshape(-1, 3), first[used]
+
+
+def box_mesh(
+    room: Room,
+    spacing: float,
+    *,
+    seed: int,
+    domain: Domain,
+    category_of: Callable[[Box], int],
+    train_of: Callable[[Box], int],
+    no_class: Sequence[int] = (),
+    first_box: int = 0,
+) -> RegionMesh:
+    """The visible surfaces of ``room`` (its boxes already in the house frame)."""
+    floor = room.boxes[0]
+    in_lo = np.array([floor.lo[0], floor.lo[1], 0.0])
+    in_hi = in_lo + np.asarray(room.size)
+    sides = _visible_sides(room, spacing, in_lo, in_hi)
+    faces, attrs, n_vert = [], [], 0
+    for material, side in enumerate(sides):  # one material per side
+        faces.append(side.tri + n_vert)
+        attrs.append(np.tile([side.box, material], (len(side.tri), 1)))
+        n_vert += len(side.xyz)
+    xyz = np.concatenate([s.xyz for s in sides])
+    tri = np.concatenate(faces)
+    fbox, fmat = np.concatenate(attrs).T
+    category = np.array([category_of(room.boxes[i]) for i in fbox], dtype=np.int32)
+    label = np.array([train_of(room.boxes[i]) for i in fbox], dtype=np.int16)
+    segment = np.array([room.boxes[i].instance for i in fbox], dtype=np.int32)
+    rel = (xyz[tri].mean(axis=1) - in_lo) / (in_hi - in_lo)
+    for j, (m, cat) in enumerate(_no_class_masks(room, rel, fbox, no_class)):
+        category[m], label[m], fmat[m], segment[m] = cat, -1, len(sides) + j, 1000 + j
+    tri, src = _merge_vertices(xyz, tri)
+    xyz, owner_v = xyz[src], np.concatenate([np.full(len(s.xyz), s.box) for s in sides])[src]
     rgb = np.zeros((len(xyz), 3))
     for bi, box in enumerate(room.boxes):
         m = owner_v == bi
@@ -138,8 +165,8 @@ def box_mesh(
     raw = {category_of(bx): bx.class_name for bx in room.boxes} | {-1: "unlabeled", 0: "unlabeled"}
     return RegionMesh(
         xyz=xyz.astype(np.float32),
-        normal=np.concatenate(norms)[src].astype(np.float32),
-        uv=np.concatenate(uvs)[src].astype(np.float32),
+        normal=np.concatenate([s.normal for s in sides])[src].astype(np.float32),
+        uv=np.concatenate([s.uv for s in sides])[src].astype(np.float32),
         rgb=rgb8,
         faces=tri.astype(np.int32),
         material=fmat.astype(np.int32),

@@ -98,6 +98,44 @@ def category_rows() -> list[tuple[int, str, str]]:
     return rows + list(NO_CLASS_ROWS)
 
 
+@dataclass(frozen=True)
+class _Categories:
+    """The category_mapping rows and what each box class maps to (one table for every house)."""
+
+    rows: list[tuple[int, str, str]]
+    cat_of: dict[str, int]  # class name -> category_mapping index
+    train_of: dict[str, int]  # class name -> matterport21 train id
+
+    @classmethod
+    def build(cls) -> _Categories:
+        rows = category_rows()
+        train = {n: i for i, n in enumerate(get_label_set("matterport21").class_names)}
+        return cls(rows=rows, cat_of={name: idx for idx, name, _ in rows}, train_of=train)
+
+    @property
+    def no_class(self) -> list[int]:
+        return [self.cat_of["storage"], self.cat_of["lamp"]]
+
+
+@dataclass(frozen=True)
+class _Shots:
+    """How the images of every region are shot and stored."""
+
+    per_region: list[int]  # images of region k of a house
+    image_size: tuple[int, int]  # (width, height)
+    fov_deg: float
+    depth_dropout: float
+
+
+def _views_per_region(views: int | Sequence[int], regions_per_house: int) -> list[int]:
+    per_region = (
+        [int(views)] * regions_per_house if isinstance(views, int) else [int(v) for v in views]
+    )
+    if len(per_region) != regions_per_house:
+        raise ValueError("views needs one count per region of a house (regions_per_house)")
+    return per_region
+
+
 def write_matterport_dataset(
     root: str | Path,
     num_scenes: int = NUM_SCENES,
@@ -128,84 +166,142 @@ def write_matterport_dataset(
     root = Path(root)
     scans = root / "v1" / "scans"
     scans.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed)  # one stream over every house, region and image, in order
     spacing = domain.spacing if spacing is None else spacing
-    per_region = (
-        [int(views)] * regions_per_house if isinstance(views, int) else [int(v) for v in views]
-    )
-    if len(per_region) != regions_per_house:
-        raise ValueError("views needs one count per region of a house (regions_per_house)")
+    shots = _Shots(_views_per_region(views, regions_per_house), image_size, fov_deg, depth_dropout)
     if num_scenes < 1 or regions_per_house < 1:
         raise ValueError("num_scenes and regions_per_house must be >= 1")
-    n_houses = -(-num_scenes // regions_per_house)
-    rows = category_rows()
-    cat_of = {name: idx for idx, name, _ in rows}
-    no_class = [cat_of["storage"], cat_of["lamp"]]
-    train_of = {n: i for i, n in enumerate(get_label_set("matterport21").class_names)}
+    cats = _Categories.build()
     truth = MatterportTruth(root=root, scans_root=scans)
     split_lists: dict[str, list[str]] = {s: [] for s in SPLITS}
-    for h in range(n_houses):
-        house = "".join(rng.choice(list(_ID_CHARS), 11))
+    for h in range(-(-num_scenes // regions_per_house)):
+        house = "".join(rng.choice(list(_ID_CHARS), 11))  # drawn even when named: same stream
         if house_ids is not None:
             house = house_ids[h]
         split = splits[h] if splits is not None else SPLITS[h % 3]
         split_lists[split].append(house)
-        hdir = scans / house
         rooms = _house_rooms(rng, min(regions_per_house, num_scenes - h * regions_per_house))
-        boxes = [b for r in rooms for b in r.boxes]
-        house_room = Room(name=house, size=(0.0, 0.0, 0.0), boxes=boxes)
-        ht = HouseTruth(house, split, boxes, [])
-        truth.houses[house] = ht
-        conf_groups: list[tuple[np.ndarray, list[tuple[str, int, int, np.ndarray]]]] = []
-        first_box = 0
-        for k, room in enumerate(rooms):
-            scene_id = f"{house}/region{k}"
-            mesh = box_mesh(
-                room,
-                spacing,
-                seed=int(rng.integers(1 << 31)),
-                domain=domain,
-                category_of=lambda b: cat_of[b.class_name],
-                no_class=no_class,
-                train_of=lambda b: train_of[b.class_name],
-                first_box=first_box,
-            )
-            first_box += len(room.boxes)
-            mesh.raw_label.update({idx: raw for idx, raw, _ in rows})
-            write_region(hdir / "region_segmentations", k, mesh)
-            label = _vote(mesh.faces, mesh.face_label, len(mesh.xyz))
-            rt = RegionTruth(scene_id, house, k, mesh, label, [])
-            truth.regions[scene_id] = rt
-            ht.regions.append(scene_id)
-            for group in _region_cameras(rng, room, per_region[k], image_size, fov_deg):
-                conf_groups.append(group)
-                for pano, cam, yaw, c2w_gl in group[1]:
-                    name = f"{pano}_i{cam}_{yaw}"
-                    rt.views.append(name)
-                    truth.views[name] = ViewTruth(
-                        name,
-                        house,
-                        k,
-                        group[0],
-                        c2w_gl @ GL_TO_CV,
-                        *image_size,
-                        box_index=np.empty(0, dtype=np.int32),
-                    )
-        _write_images(hdir, house_room, truth, conf_groups, rng, depth_dropout)
-        write_conf(hdir / "undistorted_camera_parameters" / f"{house}.conf", conf_groups)
-        write_house_file(
-            hdir / "house_segmentations" / f"{house}.house",
-            house,
-            [v for v in truth.views.values() if v.house == house],
-            rooms,
-            rows,
+        _write_house(
+            scans,
+            truth,
+            house=house,
+            split=split,
+            rooms=rooms,
+            cats=cats,
+            shots=shots,
+            spacing=spacing,
+            domain=domain,
+            rng=rng,
         )
-    write_mapping(scans / "metadata" / "category_mapping.tsv", rows)
+    write_mapping(scans / "metadata" / "category_mapping.tsv", cats.rows)
     bench = scans / "tasks" / "benchmark"
     bench.mkdir(parents=True, exist_ok=True)
     for s, houses in split_lists.items():
         (bench / f"scenes_{s}.txt").write_text("".join(f"{x}\n" for x in houses))
     return truth
+
+
+def _write_house(
+    scans: Path,
+    truth: MatterportTruth,
+    *,
+    house: str,
+    split: str,
+    rooms: list[Room],
+    cats: _Categories,
+    shots: _Shots,
+    spacing: float,
+    domain: Domain,
+    rng: np.random.Generator,
+) -> None:
+    """One house: a mesh per region, its cameras, the images, the .conf and the .house file."""
+    hdir = scans / house
+    boxes = [b for r in rooms for b in r.boxes]
+    ht = HouseTruth(house, split, boxes, [])
+    truth.houses[house] = ht
+    conf_groups: list[tuple[np.ndarray, list[tuple[str, int, int, np.ndarray]]]] = []
+    first_box = 0
+    for k, room in enumerate(rooms):
+        seed = int(rng.integers(1 << 31))
+        rt = _write_region(
+            hdir,
+            house,
+            k,
+            room,
+            cats=cats,
+            spacing=spacing,
+            domain=domain,
+            seed=seed,
+            first_box=first_box,
+        )
+        first_box += len(room.boxes)
+        truth.regions[rt.scene_id] = rt
+        ht.regions.append(rt.scene_id)
+        groups = _region_cameras(rng, room, shots.per_region[k], shots.image_size, shots.fov_deg)
+        for group in groups:
+            conf_groups.append(group)
+            _add_views(truth, rt, group, shots.image_size)
+    house_room = Room(name=house, size=(0.0, 0.0, 0.0), boxes=boxes)
+    _write_images(hdir, house_room, truth, conf_groups, rng, shots.depth_dropout)
+    write_conf(hdir / "undistorted_camera_parameters" / f"{house}.conf", conf_groups)
+    write_house_file(
+        hdir / "house_segmentations" / f"{house}.house",
+        house,
+        [v for v in truth.views.values() if v.house == house],
+        rooms,
+        cats.rows,
+    )
+
+
+def _write_region(
+    hdir: Path,
+    house: str,
+    k: int,
+    room: Room,
+    *,
+    cats: _Categories,
+    spacing: float,
+    domain: Domain,
+    seed: int,
+    first_box: int,
+) -> RegionTruth:
+    """Region ``k``'s mesh files; its truth labels are the per-vertex vote the reader makes."""
+    mesh = box_mesh(
+        room,
+        spacing,
+        seed=seed,
+        domain=domain,
+        category_of=lambda b: cats.cat_of[b.class_name],
+        no_class=cats.no_class,
+        train_of=lambda b: cats.train_of[b.class_name],
+        first_box=first_box,
+    )
+    mesh.raw_label.update({idx: raw for idx, raw, _ in cats.rows})
+    write_region(hdir / "region_segmentations", k, mesh)
+    label = _vote(mesh.faces, mesh.face_label, len(mesh.xyz))
+    return RegionTruth(f"{house}/region{k}", house, k, mesh, label, [])
+
+
+def _add_views(
+    truth: MatterportTruth,
+    region: RegionTruth,
+    group: tuple[np.ndarray, list[tuple[str, int, int, np.ndarray]]],
+    image_size: tuple[int, int],
+) -> None:
+    """Record one camera's images (rendered later with the whole house)."""
+    K, scans = group
+    for pano, cam, yaw, c2w_gl in scans:
+        name = f"{pano}_i{cam}_{yaw}"
+        region.views.append(name)
+        truth.views[name] = ViewTruth(
+            name,
+            region.house,
+            region.region,
+            K,
+            c2w_gl @ GL_TO_CV,
+            *image_size,
+            box_index=np.empty(0, dtype=np.int32),
+        )
 
 
 def _house_rooms(rng: np.random.Generator, n: int) -> list[Room]:
