@@ -24,11 +24,13 @@ __all__ = [
     "ConfigError",
     "apply_overrides",
     "build",
+    "check_keys",
     "coerce",
     "merge_delta",
     "read_config_file",
     "resolve_device",
     "setting",
+    "layered",
     "to_plain",
 ]
 
@@ -163,6 +165,24 @@ def build(cls: type, data: Any, prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
+def check_keys(cls: type, data: Any, prefix: str = "") -> None:
+    """ConfigError for a key ``cls`` does not have or a value of the wrong type in the
+    (partial) mapping ``data``; builds nothing, so a file is checked on its own."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if k not in names:
+            raise _unknown(key, names)
+        tp = hints[k]
+        if dataclasses.is_dataclass(tp):
+            check_keys(tp, v, f"{key}.")
+        else:
+            coerce(v, tp, key)
+
+
 def to_plain(obj: Any) -> Any:
     """A dataclass (or value) as plain dicts and lists: what YAML, JSON and checkpoints store."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
@@ -248,8 +268,10 @@ def layered(
     data = dict(base or {})
     for f in files:
         try:
-            data = merge_delta(data, read_config_file(f))
+            delta = read_config_file(f)
+            check_keys(cls, delta)  # name the file whose key is wrong
         except ConfigError as e:
             raise ConfigError(f"{f}: {e}") from e
+        data = merge_delta(data, delta)
     data = merge_delta(data, named or {})
     return build(cls, apply_overrides(data, overrides))
