@@ -234,6 +234,7 @@ def count_lines(path: str | Path, *, scene: str | None = None) -> int:
 
 def sniff_version(path: str | Path) -> str | None:
     """``"aligned"`` (``%.3f`` coords, integer colours) or ``"raw"`` (six ``%.6f``), from line 1."""
+    require_regular_file(path)  # a FIFO would block forever
     with open(path, "rb") as f:
         first = _CTRL.sub(b"", f.readline()).split()
     if len(first) != 6:

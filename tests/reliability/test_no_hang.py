@@ -163,3 +163,17 @@ def test_scene_timeout_on_a_dask_cluster_fails_the_stuck_scene_only(root, tmp_pa
     assert cache.scene_ids() == ["scene0001_00"]
     again = run_prep(config, progress=False, echo=lambda s: None)  # serial: nothing hangs now
     assert again.done == [stuck] and again.exit_code == 0, again.failed
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_fifo_as_the_file_that_tells_the_s3dis_version_is_named(tmp_path):
+    """Before: the S3DIS version sniffer opened the first object file unchecked and blocked."""
+    from tttkd.pipeline.datasets.s3dis_text import sniff_version
+    from tttkd.pipeline.errors import DatasetError
+
+    fifo = tmp_path / "ceiling_1.txt"
+    os.mkfifo(fifo)
+    with scene_deadline(5, "Area_1/office_1"):
+        with pytest.raises(DatasetError, match="FIFO") as e:
+            sniff_version(fifo)
+    assert str(fifo) in str(e.value)
