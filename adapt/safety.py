@@ -1,8 +1,9 @@
 """Divergence guard: lr 1.0 on a single scene can blow up, and one scene must not sink a run.
 
-A TTT-KD step whose loss (or gradient norm) is non-finite, or whose loss exceeds
-``ratio`` x the scene's first loss, stops adaptation for that scene; the method then falls back
-to the unadapted prediction and the report lists the scene with the reason. The run goes on.
+A test-time step (TTT-KD's KD loss, TTT-MAE's MAE loss) whose loss or gradient norm is
+non-finite, or whose loss exceeds ``ratio`` x the scene's first loss, stops adaptation for that
+scene; the method then falls back to the unadapted prediction and the report lists the scene
+with the reason, naming the loss. The run goes on.
 """
 
 from __future__ import annotations
@@ -37,13 +38,15 @@ class DivergenceGuard:
     (the last step's damage is otherwise never seen).
     """
 
-    def __init__(self, ratio: float, patience: int = 1):
+    def __init__(self, ratio: float, patience: int = 1, loss_name: str = "KD loss"):
+        """``loss_name`` names the watched loss in the reason (``"MAE loss"`` for ttt-mae)."""
         if not ratio > 1:
             raise ValueError(f"divergence ratio must be > 1, got {ratio}")
         if patience < 1:
             raise ValueError(f"divergence patience must be >= 1, got {patience}")
         self.ratio = ratio
         self.patience = patience
+        self.loss_name = loss_name
         self.first: float | None = None
         self._above = 0
 
@@ -52,7 +55,7 @@ class DivergenceGuard:
 
     def check(self, step: int, loss: float, grad_norm: float | None = None) -> Divergence | None:
         if not math.isfinite(loss):
-            return Divergence(step, loss, f"non-finite KD loss ({loss}) at step {step}")
+            return Divergence(step, loss, f"non-finite {self.loss_name} ({loss}) at step {step}")
         if grad_norm is not None and not math.isfinite(grad_norm):
             return Divergence(step, loss, f"non-finite gradient at step {step}")
         if self.first is None:
@@ -62,20 +65,20 @@ class DivergenceGuard:
             return Divergence(
                 step,
                 loss,
-                f"KD loss exploded: above {self.ratio:g} x the first loss {self.first:.4g} for "
-                f"{self.patience} steps (step {step}: {loss:.4g})",
+                f"{self.loss_name} exploded: above {self.ratio:g} x the first loss "
+                f"{self.first:.4g} for {self.patience} steps (step {step}: {loss:.4g})",
             )
         return None
 
     def check_final(self, step: int, loss: float) -> Divergence | None:
         """The loss of the adapted weights (after the last step)."""
         if not math.isfinite(loss):
-            return Divergence(step, loss, f"non-finite KD loss ({loss}) after adaptation")
+            return Divergence(step, loss, f"non-finite {self.loss_name} ({loss}) after adaptation")
         if self._too_high(loss):
             return Divergence(
                 step,
                 loss,
-                f"KD loss exploded: {loss:.4g} after adaptation > {self.ratio:g} x the first "
-                f"loss {self.first:.4g}",
+                f"{self.loss_name} exploded: {loss:.4g} after adaptation > {self.ratio:g} x the "
+                f"first loss {self.first:.4g}",
             )
         return None

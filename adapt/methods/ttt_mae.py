@@ -105,7 +105,7 @@ class TTTMAE(TTTKD):
             )
 
         check_mask = draw()  # the first step's mask; the adapted weights are judged on it
-        guard = DivergenceGuard(cfg.divergence_ratio, cfg.divergence_patience)
+        guard = DivergenceGuard(cfg.divergence_ratio, cfg.divergence_patience, "MAE loss")
         log = run_loss_steps(
             net,
             self._optimizer,

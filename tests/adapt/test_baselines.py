@@ -237,5 +237,7 @@ def test_ttt_mae_divergence_falls_back_to_the_unadapted_prediction(adapt_fixture
     sid = fx.val_scenes[0]
     result, out = run(fx, mae_checkpoint, methods=("source", "ttt-mae"), lr=1e6, scenes=(sid,))
     assert out["ttt-mae", sid].fallback is not None
+    reason = out["ttt-mae", sid].fallback.reason
+    assert "MAE loss" in reason and "KD" not in reason, reason  # names the method's own loss
     assert torch.equal(out["ttt-mae", sid].logits, out["source", sid].logits)
     assert [f["scene"] for f in result.methods["ttt-mae"]["fallbacks"]] == [sid]
