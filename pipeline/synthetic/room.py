@@ -77,6 +77,54 @@ def surface_color(box: Box, p: np.ndarray) -> np.ndarray:
     return np.clip(base, 0.0, 1.0)
 
 
+def _shell(w: float, l: float, h: float, wall_color: tuple[float, float, float]) -> list[Box]:
+    """Floor, ceiling and four walls (instances 1..6), each ``SHELL_THICKNESS`` thick."""
+    t = SHELL_THICKNESS
+    return [
+        Box((0, 0, -t), (w, l, 0), "floor", (0.62, 0.48, 0.33), "planks", 1),
+        Box((0, 0, h), (w, l, h + t), "ceiling", (0.93, 0.93, 0.92), "plain", 2),
+        Box((-t, -t, 0), (0, l + t, h), "wall", wall_color, "plain", 3),
+        Box((w, -t, 0), (w + t, l + t, h), "wall", wall_color, "plain", 4),
+        Box((0, -t, 0), (w, 0, h), "wall", wall_color, "plain", 5),
+        Box((0, l, 0), (w, l + t, h), "wall", wall_color, "plain", 6),
+    ]
+
+
+def _furniture_spec(
+    cls: str,
+    colors: dict[str, tuple[float, float, float]] | None,
+    sizes: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] | None,
+) -> tuple:
+    """(min size, max size, colour, texture) of ``cls``: FURNITURE's, overridden per class."""
+    lo_size, hi_size, color, texture = FURNITURE.get(cls, (None, None, None, "plain"))
+    if sizes and cls in sizes:
+        lo_size, hi_size = sizes[cls]
+    if colors and cls in colors:
+        color = colors[cls]
+    if lo_size is None or color is None:
+        raise ValueError(f"class {cls!r} is not in FURNITURE: pass its colour and size")
+    return lo_size, hi_size, color, texture
+
+
+def _free_spot(
+    rng: np.random.Generator,
+    dims: np.ndarray,
+    floor: tuple[float, float],
+    placed: list[tuple[float, float, float, float]],
+) -> tuple[float, float] | None:
+    """A corner for a footprint of ``dims`` keeping 0.1 m from every ``placed`` one (200 tries;
+    None when the room is too full). Appends the footprint taken to ``placed``."""
+    w, l = floor
+    for _ in range(200):
+        x0 = rng.uniform(0.05, max(0.06, w - dims[0] - 0.05))
+        y0 = rng.uniform(0.05, max(0.06, l - dims[1] - 0.05))
+        fp = (x0 - 0.1, y0 - 0.1, x0 + dims[0] + 0.1, y0 + dims[1] + 0.1)
+        if all(fp[2] <= q[0] or fp[0] >= q[2] or fp[3] <= q[1] or fp[1] >= q[3] for q in placed):
+            placed.append(fp)
+            return x0, y0
+    return None
+
+
 def make_room(
     seed: int,
     *,
@@ -100,48 +148,29 @@ def make_room(
     if wall_color is None:
         hue = rng.uniform(0, 1)
         wall_color = colorsys.hsv_to_rgb(hue, 0.25, 0.9)
-    t = SHELL_THICKNESS
-    boxes = [
-        Box((0, 0, -t), (w, l, 0), "floor", (0.62, 0.48, 0.33), "planks", 1),
-        Box((0, 0, h), (w, l, h + t), "ceiling", (0.93, 0.93, 0.92), "plain", 2),
-        Box((-t, -t, 0), (0, l + t, h), "wall", wall_color, "plain", 3),
-        Box((w, -t, 0), (w + t, l + t, h), "wall", wall_color, "plain", 4),
-        Box((0, -t, 0), (w, 0, h), "wall", wall_color, "plain", 5),
-        Box((0, l, 0), (w, l + t, h), "wall", wall_color, "plain", 6),
-    ]
+    boxes = _shell(w, l, h, wall_color)
     placed: list[tuple[float, float, float, float]] = []
     instance = 7
     for cls in furniture:
-        lo_size, hi_size, color, texture = FURNITURE.get(cls, (None, None, None, "plain"))
-        if sizes and cls in sizes:
-            lo_size, hi_size = sizes[cls]
-        if colors and cls in colors:
-            color = colors[cls]
-        if lo_size is None or color is None:
-            raise ValueError(f"class {cls!r} is not in FURNITURE: pass its colour and size")
+        lo_size, hi_size, color, texture = _furniture_spec(cls, colors, sizes)
         dims = rng.uniform(lo_size, hi_size)
         if rng.random() < 0.5:
             dims[[0, 1]] = dims[[1, 0]]
-        for _ in range(200):
-            x0 = rng.uniform(0.05, max(0.06, w - dims[0] - 0.05))
-            y0 = rng.uniform(0.05, max(0.06, l - dims[1] - 0.05))
-            fp = (x0 - 0.1, y0 - 0.1, x0 + dims[0] + 0.1, y0 + dims[1] + 0.1)
-            if all(
-                fp[2] <= q[0] or fp[0] >= q[2] or fp[3] <= q[1] or fp[1] >= q[3] for q in placed
-            ):
-                placed.append(fp)
-                boxes.append(
-                    Box(
-                        (x0, y0, 0.0),
-                        (x0 + dims[0], y0 + dims[1], float(min(dims[2], h - 0.05))),
-                        cls,
-                        tuple(float(c) for c in color),
-                        texture,
-                        instance,
-                    )
-                )
-                instance += 1
-                break
+        spot = _free_spot(rng, dims, (w, l), placed)
+        if spot is None:
+            continue  # no room left for it: the object is left out
+        x0, y0 = spot
+        boxes.append(
+            Box(
+                (x0, y0, 0.0),
+                (x0 + dims[0], y0 + dims[1], float(min(dims[2], h - 0.05))),
+                cls,
+                tuple(float(c) for c in color),
+                texture,
+                instance,
+            )
+        )
+        instance += 1
     return Room(name=name or f"room{seed}", size=(w, l, h), boxes=boxes)
 
 

@@ -181,6 +181,39 @@ def _meta_text(truth: ScanNetTruth, n_frames: int, off_by_one: bool) -> str:
     return "".join(f"{k} = {meta[k]}\n" for k in sorted(meta))
 
 
+def _labels(
+    room: Room, box_idx: np.ndarray, segs: np.ndarray, test: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """NYU40 ids and scannet20 train ids per vertex, and which vertices are unannotated: one
+    wall's segment (real scans leave some unannotated), or every vertex of a test scan."""
+    classes = np.array([b.class_name for b in room.boxes])[box_idx]
+    lset = get_label_set("scannet20")
+    unannotated = segs == segs[np.flatnonzero(classes == "wall")[0]] if not test else None
+    nyu = np.array([NYU40[c] for c in classes], dtype=np.uint16)
+    label = np.array([lset.index(c) if c in lset.class_names else -1 for c in classes], np.int16)
+    if test:
+        nyu[:], label[:] = 0, -1
+    else:
+        nyu[unannotated], label[unannotated] = 0, -1
+    return nyu, label, unannotated
+
+
+def _write_frame_forms(
+    root: Path, scan: Path, truth: ScanNetTruth, frames: Sequence[str], *, jpeg_quality: int
+) -> int:
+    """The frame forms asked for; returns the frame count the scan's .txt states (the .sens's
+    own count when one is written)."""
+    sid, test = truth.scene_id, truth.split == "test"
+    n = len(truth.frames) * truth.frame_step
+    if "sens" in frames:
+        n = write_sens(scan / f"{sid}.sens", truth.frames, truth.frame_step, jpeg_quality)
+    if "exported" in frames:
+        write_tree(scan, truth.frames, "exported", jpeg_quality)
+    if "25k" in frames and not test:  # the 25k subset covers train and val scans only
+        write_tree(root / "scannet_frames_25k" / sid, truth.frames, "25k", jpeg_quality)
+    return n
+
+
 def write_scannet_scene(
     root: str | Path,
     scene_id: str,
@@ -210,23 +243,14 @@ def write_scannet_scene(
     faces, segs = _mesh_and_segments(room, xyz_room, box_idx, domain.spacing)
     raw = (xyz_room.astype(np.float64) - A[:3, 3]) @ np.linalg.inv(A[:3, :3]).T
     xyz = raw.astype(np.float32)
-    rgb = domain.point_colors(rgb_true, seed=seed)
-    classes = np.array([b.class_name for b in room.boxes])[box_idx]
-    lset = get_label_set("scannet20")
-    unannotated = segs == segs[np.flatnonzero(classes == "wall")[0]] if not test else None
-    nyu = np.array([NYU40[c] for c in classes], dtype=np.uint16)
-    label = np.array([lset.index(c) if c in lset.class_names else -1 for c in classes], np.int16)
-    if test:
-        nyu[:], label[:] = 0, -1
-    else:
-        nyu[unannotated], label[unannotated] = 0, -1
+    nyu, label, unannotated = _labels(room, box_idx, segs, test)
     truth = ScanNetTruth(
         scene_id=scene_id,
         split=split,
         room=room,
         xyz=xyz,
         xyz_aligned=xyz.astype(np.float64) @ A[:3, :3].T + A[:3, 3],
-        rgb=rgb,
+        rgb=domain.point_colors(rgb_true, seed=seed),
         label=label,
         nyu40=nyu,
         box_index=box_idx,
@@ -241,13 +265,7 @@ def write_scannet_scene(
     _write_meshes(scan, truth, test)
     if not test:
         _write_annotations(scan, truth, unannotated)
-    n = len(truth.frames) * frame_step
-    if "sens" in frames:
-        n = write_sens(scan / f"{scene_id}.sens", truth.frames, frame_step, jpeg_quality)
-    if "exported" in frames:
-        write_tree(scan, truth.frames, "exported", jpeg_quality)
-    if "25k" in frames and not test:  # the 25k subset covers train and val scans only
-        write_tree(root / "scannet_frames_25k" / scene_id, truth.frames, "25k", jpeg_quality)
+    n = _write_frame_forms(root, scan, truth, frames, jpeg_quality=jpeg_quality)
     (scan / f"{scene_id}.txt").write_text(_meta_text(truth, n, meta_off_by_one))
     return truth
 
