@@ -11,6 +11,7 @@ the run with its key after the finished ones are stored, so a rerun redoes only 
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -53,13 +54,14 @@ def _dask(spec: RunSpec, tasks: Sequence[Task], executor: Any) -> Iterator[tuple
         return
     client = executor.client
     resources = task_resources(executor, spec.cfg.device)
+    run = uuid.uuid4().hex[:8]  # keys of one run: a sweep's next point reuses the task names
     # the spec travels with each task (small): a scattered copy would die with its worker
     futures = [
         client.submit(
             run_task,
             spec,
             t,
-            key=f"tttkd-adapt-{t.key}-{i}",
+            key=f"tttkd-adapt-{run}-{i}-{t.key}",
             pure=False,
             resources=resources,
             priority=len(tasks) - i,

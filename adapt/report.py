@@ -13,7 +13,16 @@ import math
 from pathlib import Path
 from typing import Any
 
-__all__ = ["format_table", "gains_vs_source", "write_csv", "write_json", "write_report"]
+__all__ = [
+    "format_table",
+    "gains_vs_source",
+    "without_timings",
+    "write_csv",
+    "write_json",
+    "write_report",
+]
+
+_TIMING_KEYS = ("timing", "seconds", "ms_per_step")  # differ between equal runs
 
 
 def _pct(v: float | None) -> str:
@@ -37,6 +46,22 @@ def _clean(obj: Any) -> Any:
 
 def write_json(result: dict[str, Any], path: Path) -> None:
     path.write_text(json.dumps(_clean(result), indent=1, allow_nan=False) + "\n")
+
+
+def without_timings(result: dict[str, Any]) -> dict[str, Any]:
+    """``result`` as JSON reads it back, less what differs between two equal runs (timings,
+    where the cache and checkpoint were): two runs are equal when these are (serial vs
+    cluster, resumed vs not)."""
+
+    def strip(o: Any) -> Any:
+        if isinstance(o, dict):
+            return {k: strip(v) for k, v in o.items() if k not in _TIMING_KEYS}
+        return [strip(v) for v in o] if isinstance(o, list) else o
+
+    out = strip(json.loads(json.dumps(_clean(result))))
+    out["cache"].pop("url", None)
+    out["checkpoint"].pop("path", None)
+    return out
 
 
 def gains_vs_source(result: dict[str, Any]) -> dict[str, dict[str, float]]:

@@ -1,7 +1,7 @@
 """A run folder that survives kill -9: one outcome file per finished (method, scene).
 
 ``out/outcomes/run.json`` holds what the outcomes depend on (resolved config, cache,
-checkpoint hash, scenes, a hash of the adaptation code); a rerun into the same folder must
+checkpoint and its hash, scenes, the tttkd version); a rerun into the same folder must
 match it or is refused with the differing keys, unless ``overwrite``. Every record is
 written to a temporary file and moved into place with ``os.replace``, so a file that exists
 is complete; plain JSON (float repr round-trips exactly, so merged results stay bitwise).
@@ -21,7 +21,7 @@ from typing import Any
 from tttkd.adapt.config import AdaptConfigError
 from tttkd.pipeline.cache import encode_scene_id
 
-__all__ = ["OutcomeStore", "code_hash", "file_sha256", "write_atomic"]
+__all__ = ["OutcomeStore", "file_sha256", "write_atomic"]
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -45,19 +45,6 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def code_hash() -> str:
-    """sha256 over the adaptation and model sources: outcomes of older code are not reused."""
-    import tttkd.adapt
-    import tttkd.model
-
-    h = hashlib.sha256()
-    for pkg in (tttkd.adapt, tttkd.model):
-        root = Path(pkg.__file__).parent
-        for p in sorted(root.rglob("*.py")):
-            h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes())
-    return h.hexdigest()
-
-
 def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     out = []
     for k in sorted(set(old) | set(new), key=str):
@@ -65,7 +52,7 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
         if isinstance(a, dict) and isinstance(b, dict):
             out += _differences(a, b, f"{prefix}{k}.")
         elif a != b:
-            out.append(f"{prefix}{k} ({a!r} -> {b!r})" if k != "code" else "code (changed)")
+            out.append(f"{prefix}{k} ({a!r} -> {b!r})")
     return out
 
 
@@ -78,6 +65,8 @@ class OutcomeStore:
         run = self.root / "run.json"
         if overwrite and self.root.exists():
             shutil.rmtree(self.root)
+        for tmp in self.root.glob("*/.*.tmp"):  # a write cut off by a kill
+            tmp.unlink(missing_ok=True)
         if run.exists():
             old = json.loads(run.read_text())
             diffs = _differences(old, self.fingerprint)

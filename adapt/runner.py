@@ -168,7 +168,7 @@ class RunSetup:
 
     def fingerprint(self) -> dict[str, Any]:
         """What stored outcomes depend on (``resume.OutcomeStore``)."""
-        from tttkd.adapt.resume import code_hash, file_sha256
+        from tttkd.adapt.resume import file_sha256
 
         s = self.spec
         return {
@@ -177,7 +177,7 @@ class RunSetup:
             "checkpoint": s.checkpoint,
             "checkpoint_sha256": file_sha256(s.checkpoint),
             "scenes": self.scene_ids,
-            "code": code_hash(),
+            "tttkd_version": tttkd.__version__,
         }
 
 

@@ -109,10 +109,15 @@ def run_sweeps(
     progress: bool = False,
     method: str = "ttt-kd",
     dev_scenes: Sequence[str] | int | None = None,
+    executor: Any = None,
+    resume: bool = False,
+    overwrite: bool = False,
 ) -> list[SweepPoint]:
     """Run the requested sweeps; writes ``runs/<sweep>_<value>/results.json`` per point.
 
-    ``dev_scenes``: tune on these scene ids (or a seeded N of the selected scenes) only."""
+    ``dev_scenes``: tune on these scene ids (or a seeded N of the selected scenes) only.
+    ``executor``: the Dask cluster every point's scenes run on (``run_adaptation``);
+    ``resume``: each point keeps its outcomes in its folder, so a rerun redoes only the rest."""
     out = Path(out)
     if dev_scenes is not None:
         base = base.with_(scenes=tuple(split_dev_scenes(base, cache, dev_scenes, out, echo)))
@@ -134,8 +139,18 @@ def run_sweeps(
 
     def run(tag: str, cfg: AdaptConfig, c: str = cache, ck: str = checkpoint) -> dict:
         echo(f"sweep {tag}: {', '.join(cfg.methods)}")
-        res = run_adaptation(cfg, c, ck, echo=echo, progress=progress).to_dict()
         folder = out / "runs" / tag
+        res = run_adaptation(
+            cfg,
+            c,
+            ck,
+            out=folder if resume else None,
+            echo=echo,
+            progress=progress,
+            executor=executor,
+            resume=resume,
+            overwrite=overwrite,
+        ).to_dict()
         folder.mkdir(parents=True, exist_ok=True)
         write_json(res, folder / "results.json")
         return res

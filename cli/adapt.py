@@ -6,6 +6,7 @@ outputs and ``--config``/``--set``); the resolved config is stored in ``results.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import click
 from tttkd.adapt.config import AdaptConfig
 from tttkd.cli.adapt_options import SHARED_FIELDS, adapt_options
 from tttkd.cli.adapt_options import csv_list as _csv
+from tttkd.cli.cluster_options import executor_from
 from tttkd.cli.guard import run_command
 from tttkd.cli.options import FieldOptions
 
@@ -66,7 +68,9 @@ def cli(ctx: click.Context, no_plots: bool, **kw: Any) -> None:
 
     Writes results.json (the resolved config, per-scene and overall mIoU / IoU per class,
     timings), results.csv, table.md and PNG plots into --out; `--config results.json`
-    repeats the run.
+    repeats the run. --workers N (local) or --scheduler ADDRESS adapt scenes in parallel
+    with the same results; each finished scene is kept in --out/outcomes, so rerunning an
+    interrupted command redoes only the rest.
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -76,14 +80,19 @@ def cli(ctx: click.Context, no_plots: bool, **kw: Any) -> None:
 
     try:
         cfg = _config(MAIN_FIELDS, kw)
-        result = run_adaptation(
-            cfg,
-            kw["cache"],
-            kw["checkpoint"],
-            out=kw["out"],
-            echo=click.echo,
-            progress=kw["progress"],
-        ).to_dict()
+        executor = executor_from(kw, cfg.device, click.echo)
+        with executor or nullcontext():
+            result = run_adaptation(
+                cfg,
+                kw["cache"],
+                kw["checkpoint"],
+                out=kw["out"],
+                echo=click.echo,
+                progress=kw["progress"],
+                executor=executor,
+                resume=True,
+                overwrite=kw["overwrite"],
+            ).to_dict()
     except _errors() as e:
         raise click.ClickException(str(e)) from e
     paths = write_report(result, kw["out"], plots=not no_plots)
@@ -163,20 +172,25 @@ def sweep_cmd(
         pairs.append(TeacherPair(name, cache, ckpt))
     try:
         base = _config(SWEEP_FIELDS, kw, methods=[sweep_method])
-        rows = run_sweeps(
-            base,
-            kw["cache"],
-            kw["checkpoint"],
-            kw["out"],
-            sweeps,
-            values=values,
-            momentum_steps=[int(v) for v in _csv(momentum_steps)],
-            teachers=pairs,
-            echo=click.echo,
-            progress=kw["progress"],
-            method=sweep_method,
-            dev_scenes=_dev_scenes(dev_scenes),
-        )
+        executor = executor_from(kw, base.device, click.echo)
+        with executor or nullcontext():
+            rows = run_sweeps(
+                base,
+                kw["cache"],
+                kw["checkpoint"],
+                kw["out"],
+                sweeps,
+                values=values,
+                momentum_steps=[int(v) for v in _csv(momentum_steps)],
+                teachers=pairs,
+                echo=click.echo,
+                progress=kw["progress"],
+                method=sweep_method,
+                dev_scenes=_dev_scenes(dev_scenes),
+                executor=executor,
+                resume=True,
+                overwrite=kw["overwrite"],
+            )
     except _errors() as e:
         raise click.ClickException(str(e)) from e
     out = Path(kw["out"])

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import click
 
 from tttkd.adapt.config import AdaptConfig
+from tttkd.cli.cluster_options import CLUSTER_OPTIONS, cluster_options
 from tttkd.cli.options import FieldOptions, config_file_options, split_commas
 
 # fields that are not an option of both commands: methods and outputs (the main command's),
@@ -16,7 +17,8 @@ from tttkd.cli.options import FieldOptions, config_file_options, split_commas
 _OWN = ("methods", "save_predictions", "save_ply", "extra")
 SHARED_FIELDS = [f.name for f in dataclasses.fields(AdaptConfig) if f.name not in _OWN]
 # the options that say where things are and how to show progress, not how to adapt
-RUN_OPTIONS = ("cache", "checkpoint", "out", "progress", "config_files", "sets")
+RUN_OPTIONS = ("cache", "checkpoint", "out", "progress", "config_files", "sets", "overwrite")
+RUN_OPTIONS += CLUSTER_OPTIONS
 
 csv_list = split_commas
 
@@ -26,6 +28,13 @@ def adapt_options(fields: FieldOptions) -> Callable[[Callable], Callable]:
 
     def decorate(f: Callable) -> Callable:
         f = fields(f)
+        f = cluster_options(f)
+        f = click.option(
+            "--overwrite",
+            is_flag=True,
+            help="discard the outcomes another run left in --out (a rerun of the same command "
+            "resumes them instead)",
+        )(f)
         f = click.option(
             "--progress/--no-progress", default=True, show_default=True, help="progress bar"
         )(f)

@@ -10,25 +10,11 @@ import json
 import pytest
 
 from tttkd.adapt.config import AdaptConfig, AdaptConfigError
+from tttkd.adapt.report import without_timings
 from tttkd.adapt.runner import run_adaptation
 
 CFG = dict(methods=("source", "ttt-kd", "ttt-kd-online"), steps=2, split="val", device="cpu",
            threads=1, seed=1)  # fmt: skip
-TIMING = {"timing", "seconds", "ms_per_step"}
-
-
-def comparable(result: dict) -> dict:
-    """A result without what may differ between equal runs: timings and the run's paths."""
-
-    def strip(o):
-        if isinstance(o, dict):
-            return {k: strip(v) for k, v in o.items() if k not in TIMING}
-        return [strip(v) for v in o] if isinstance(o, list) else o
-
-    out = strip(json.loads(json.dumps(result)))
-    out["cache"].pop("url")
-    out["checkpoint"].pop("path")
-    return out
 
 
 def adapt(fx, out=None, lines=None, **kw):
@@ -40,7 +26,7 @@ def adapt(fx, out=None, lines=None, **kw):
 
 @pytest.fixture(scope="module")
 def reference(adapt_fixture):
-    return comparable(adapt(adapt_fixture))
+    return without_timings(adapt(adapt_fixture))
 
 
 def _stamps(folder):
@@ -50,7 +36,7 @@ def _stamps(folder):
 def test_rerun_redoes_only_missing_outcomes_and_merges_equal(adapt_fixture, reference, tmp_path):
     fx = adapt_fixture
     out = tmp_path / "run"
-    assert comparable(adapt(fx, out)) == reference
+    assert without_timings(adapt(fx, out)) == reference
     outcomes = out / "outcomes"
     files = sorted(p.relative_to(outcomes).as_posix() for p in outcomes.rglob("*.json"))
     scenes = [f"{s}.json" for s in fx.val_scenes]
@@ -62,7 +48,7 @@ def test_rerun_redoes_only_missing_outcomes_and_merges_equal(adapt_fixture, refe
     (outcomes / "ttt-kd-online" / scenes[2]).unlink()
     kept = {p: s for p, s in _stamps(outcomes).items() if "ttt-kd-online" not in p.parts}
     lines: list[str] = []
-    assert comparable(adapt(fx, out, lines)) == reference
+    assert without_timings(adapt(fx, out, lines)) == reference
     assert any("resuming: 7 (method, scene) outcome(s)" in s and "2 task(s)" in s for s in lines)
     now = _stamps(outcomes)
     assert {p: now[p] for p in kept} == kept  # finished ones untouched, not rewritten
@@ -70,7 +56,7 @@ def test_rerun_redoes_only_missing_outcomes_and_merges_equal(adapt_fixture, refe
     # a complete folder: nothing runs again
     lines.clear()
     before = _stamps(outcomes)
-    assert comparable(adapt(fx, out, lines)) == reference
+    assert without_timings(adapt(fx, out, lines)) == reference
     assert _stamps(outcomes) == before and any("0 task(s)" in s for s in lines)
 
 
