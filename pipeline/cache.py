@@ -53,9 +53,12 @@ from tttkd.pipeline.cache_encode import encode_scene, scene_attrs
 from tttkd.pipeline.cache_integrity import (
     MANIFEST,
     CheckedGroup,
+    basis_error,
     check_root,
     manifest_problems,
+    read_basis,
     scene_manifest,
+    seal_group,
     with_root_digest,
 )
 from tttkd.pipeline.cache_layout import (
@@ -222,15 +225,25 @@ class Cache:
 
     @property
     def pca(self) -> PcaBasis | None:
-        """The stored basis (pca codecs; None until the driver called set_pca), loaded once."""
+        """The stored basis (pca codecs; None until the driver called set_pca), checked
+        against its integrity record, loaded once. A damaged one is a ``CacheError``, unless no
+        scene was written yet (a set_pca cut short: the driver fits it again)."""
         if self._pca is None and self.codec.pca_k is not None:
-            import zarr
+            basis, problems = read_basis(self._store, self.url)
+            if problems and self.scene_ids(include_incomplete=True):
+                raise basis_error(problems, self.url)
+            self._pca = basis
+        return self._pca
 
-            if not run_sync(self._store.exists(f"{PCA}/components/zarr.json")):
-                return None
-            g = zarr.open_group(self._store, path=PCA, mode="r")
-            ratio = tuple(g.attrs.get("explained_variance_ratio", []))
-            self._pca = PcaBasis(g["mean"][...], g["components"][...], ratio)
+    def _basis(self, scene_id: str) -> PcaBasis | None:
+        """The basis a read of ``scene_id`` decodes with (None: not a pca codec)."""
+        if self.codec.pca_k is None:
+            return None
+        if self._pca is None:
+            basis, problems = read_basis(self._store, self.url)
+            if basis is None:
+                raise basis_error(problems, self.url, scene_id)
+            self._pca = basis
         return self._pca
 
     def set_pca(self, basis: PcaBasis) -> None:
@@ -261,6 +274,7 @@ class Cache:
         g = zarr.open_group(self._store, path=PCA, mode="w", attributes=attrs)
         g.create_array("mean", data=basis.mean)
         g.create_array("components", data=basis.components)
+        seal_group(self._store, PCA, g)  # checksums: every scene's features decode with it
         self._pca = basis
 
     # ---- listing ---------------------------------------------------------------------------
@@ -400,7 +414,7 @@ class Cache:
                 stored = arr.oindex[idx]
             else:
                 stored = np.empty((0, *arr.shape[1:]), dtype=arr.dtype)
-            feats = decode_features(stored, self.codec, self.pca)
+            feats = decode_features(stored, self.codec, self._basis(scene_id))
         return SceneRecord(
             scene_id=scene_id,
             split=g.attrs.get("split"),
@@ -444,7 +458,15 @@ class Cache:
             entries = self._entries()
         else:
             entries = [(n, self._group_attrs(n)) for n in map(encode_scene_id, scene_ids)]
-        return {self._entry_id(n, a): self._verify_group(n, a, quick) for n, a in entries}
+        basis: list[str] = []  # the PCA basis's problems are every complete scene's
+        if self.codec.pca_k is not None:
+            found, basis = read_basis(self._store, self.url, quick=quick)
+            basis = basis or ([] if found is not None else ["pca: the PCA basis is missing"])
+        return {
+            self._entry_id(n, a): self._verify_group(n, a, quick)
+            + (basis if a and a.get("complete") else [])
+            for n, a in entries
+        }
 
     def _verify_group(self, name: str, attrs: dict | None, quick: bool = False) -> list[str]:
         import zarr

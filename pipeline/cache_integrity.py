@@ -286,3 +286,62 @@ def warn_incomplete(cache: Any) -> int:
             stacklevel=3,
         )
     return len(skipped)
+
+
+# ---- root-level groups: the PCA basis ------------------------------------------------------
+def _attrs_digest(attrs: dict) -> str:
+    body = {k: v for k, v in attrs.items() if k != MANIFEST}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def seal_group(store: Any, prefix: str, group: Any) -> None:
+    """Write a root-level group's integrity record (its arrays, as for a scene, and its attrs)
+    into its attrs; the PCA basis decodes every scene's features, so it needs one too."""
+    manifest = scene_manifest(store, prefix, group)
+    manifest["attrs_sha256"] = _attrs_digest(dict(group.attrs))
+    group.update_attributes({MANIFEST: manifest})
+
+
+def group_problems(store: Any, prefix: str, group: Any, *, quick: bool) -> list[str]:
+    """Problems of a sealed root-level group, each led by its path (``pca/mean: ...``)."""
+    attrs = dict(group.attrs)
+    manifest = attrs.get(MANIFEST)
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("arrays"), dict):
+        return [f"{prefix}: no integrity record (checksums): written by an older tttkd"]
+    p = [f"{prefix}/{x}" for x in manifest_problems(store, prefix, group, attrs, quick=quick)]
+    if manifest.get("attrs_sha256") != _attrs_digest(attrs):
+        p.append(f"{prefix}: its attributes were edited after they were written")
+    return p
+
+
+def read_basis(store: Any, url: str, *, quick: bool = False) -> tuple[Any, list[str]]:
+    """(PcaBasis or None, problems) of the cache's ``pca/`` group; None and no problems when
+    there is no basis yet. ``quick`` checks chunk presence, counts and shapes only."""
+    import zarr
+
+    from tttkd.pipeline.cache_codecs import PcaBasis
+    from tttkd.pipeline.cache_layout import PCA
+
+    if not _run(store.exists(f"{PCA}/zarr.json")):
+        return None, []
+    try:
+        group = zarr.open_group(store, path=PCA, mode="r")
+        problems = group_problems(store, PCA, group, quick=quick)
+        if problems:
+            return None, problems
+        ratio = tuple(group.attrs.get("explained_variance_ratio", []))
+        return PcaBasis(group["mean"][...], group["components"][...], ratio), []
+    except Exception as e:  # undecodable metadata or chunks
+        return None, [f"{PCA}: cannot be read ({type(e).__name__}: {e})"]
+
+
+def basis_error(problems: list[str], url: str, scene: str | None = None) -> CacheError:
+    """A missing or damaged PCA basis: every scene's features decode with it."""
+    return CacheError(
+        "the PCA basis that decodes the features cannot be used: "
+        + ("; ".join(problems) or "pca: the PCA basis is missing"),
+        file=url,
+        scene=scene,
+        fix="rebuild the cache with `tttkd-prep ... --overwrite` (the scenes were encoded "
+        "with this basis; another one cannot decode them)",
+    )

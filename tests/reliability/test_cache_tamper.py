@@ -185,3 +185,76 @@ def test_a_metadata_write_cut_by_sigkill_is_not_a_scene(pristine, tmp_path):
     cache = Cache.open(str(url), read_only=True)
     assert cache.scene_ids(include_incomplete=True) == [SCENE]
     assert cache.verify() == {SCENE: []}
+
+
+# ---- the PCA basis (root-level pca/ group of the pca<k> codecs) -----------------------------
+PCA_ARRAYS = ("pca/components", "pca/mean")
+
+
+@pytest.fixture(scope="module")
+def pca_pristine(tmp_path_factory) -> Path:
+    """Before: pca/ had no checksum, so a deleted chunk of components decoded every scene's
+    features with a zero basis and verify said ok."""
+    from tttkd.pipeline.cache_codecs import fit_pca
+
+    url = tmp_path_factory.mktemp("tamper_pca") / "feats.zarr"
+    cache = Cache.create(str(url), synthetic_meta(feature_codec="pca8"))
+    rec = synthetic_record(SCENE, n_images=4, corr_per_image=30, seed=3)
+    cache.set_pca(fit_pca(rec.features, 8))
+    cache.write_scene(rec)
+    return url
+
+
+def _pca_copy(pristine: Path, tmp_path: Path, name: str) -> Path:
+    url = tmp_path / f"{name}.zarr"
+    shutil.copytree(pristine, url)
+    return url
+
+
+def _refused_basis(url: Path, array: str) -> None:
+    """verify names ``array`` for the scene; train's and adapt's reads refuse it."""
+    problems = Cache.open(str(url), read_only=True).verify()[SCENE]
+    assert any(p.startswith(f"{array}:") for p in problems), (array, problems)
+    for msg in _refusals(str(url), points_only_too=False):
+        assert SCENE in msg and array in msg and "PCA basis" in msg, (array, msg)
+
+
+def test_a_sealed_pca_basis_verifies_and_reads(pca_pristine):
+    cache = Cache.open(str(pca_pristine), read_only=True)
+    assert cache.verify() == {SCENE: []} and cache.verify(quick=True) == {SCENE: []}
+    assert cache.read_scene(SCENE).features.shape[-1] == 16
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+def test_each_damaged_pca_array_is_named_by_verify_and_refused(pca_pristine, tmp_path, damage):
+    for array in PCA_ARRAYS:
+        url = _pca_copy(pca_pristine, tmp_path, f"{damage}-{array.replace('/', '_')}")
+        chunks = sorted(p for p in (url / array / "c").rglob("*") if p.is_file())
+        DAMAGES[damage](chunks[0])
+        _refused_basis(url, array)
+        if damage == "delete":
+            quick = Cache.open(str(url), read_only=True).verify(quick=True)[SCENE]
+            assert any(p.startswith(f"{array}:") for p in quick), (array, quick)
+        shutil.rmtree(url)
+
+
+def test_edited_pca_attributes_or_a_deleted_basis_are_refused(pca_pristine, tmp_path):
+    url = _pca_copy(pca_pristine, tmp_path, "attrs")
+    meta = json.loads((url / "pca" / "zarr.json").read_text())
+    meta["attributes"]["explained_variance_ratio"][0] = 0.999
+    (url / "pca" / "zarr.json").write_text(json.dumps(meta))
+    _refused_basis(url, "pca")
+    url = _pca_copy(pca_pristine, tmp_path, "deleted")
+    shutil.rmtree(url / "pca")
+    _refused_basis(url, "pca")
+
+
+def test_a_pca_basis_without_integrity_record_asks_for_a_rebuild(pca_pristine, tmp_path):
+    """A basis written before the record existed: refused with the rebuild command."""
+    url = _pca_copy(pca_pristine, tmp_path, "old")
+    meta = json.loads((url / "pca" / "zarr.json").read_text())
+    del meta["attributes"]["integrity"]
+    (url / "pca" / "zarr.json").write_text(json.dumps(meta))
+    _refused_basis(url, "pca")
+    with pytest.raises(CacheError, match="--overwrite"):
+        Cache.open(str(url), read_only=True).read_scene(SCENE)
