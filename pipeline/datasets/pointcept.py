@@ -74,44 +74,16 @@ def load_scene(
     check_frames(frames, ("auto",), "Pointcept")
     check_max_views(max_views)
     root = _root(root)
-    parts = scene_id.split("/")
-    if len(parts) != 2 or not all(parts):
-        raise DatasetError(
-            f"bad scene id {scene_id!r}",
-            scene=scene_id,
-            fix="Pointcept scene ids are '<split>/<scene>', e.g. 'val/scene0011_00' (list_scenes)",
-        )
-    split, _ = parts
+    split = _split_of(scene_id)
     folder = root / scene_id
-    if not (folder / "coord.npy").is_file():
-        raise DatasetError("scene not found (no coord.npy)", file=folder, scene=scene_id, fix=_FIX)
-    xyz = _load(folder / "coord.npy", scene_id)
+    xyz = _coords(folder, scene_id)
     n = len(xyz)
-    if xyz.ndim != 2 or xyz.shape[1] != 3 or xyz.dtype.kind not in "fiu":
-        raise DatasetError(
-            f"coord must be (N, 3) numbers, got {xyz.dtype} {xyz.shape}",
-            file=folder / "coord.npy",
-            scene=scene_id,
-            fix=_FIX,
-        )
-    xyz = xyz.astype(np.float32)
-    if not np.isfinite(xyz).all():
-        raise DatasetError(
-            "non-finite coordinates", file=folder / "coord.npy", scene=scene_id, fix=_FIX
-        )
     rgb = _colors(folder / "color.npy", n, scene_id)
     seg_path = _segment_path(folder, segment_file)
     name = _label_set_name(label_set, dataset, seg_path, scene_id, folder)
     if seg_path is None:
         allowed = split == "test" if allow_unlabeled is None else allow_unlabeled
-        if not allowed:
-            raise DatasetError(
-                f"no label file ({' or '.join(SEGMENT_FILES)})",
-                file=folder,
-                scene=scene_id,
-                fix="pass allow_unlabeled=True to read it without labels (all ignored)",
-            )
-        label = np.full(n, IGNORE_INDEX, dtype=np.int16)
+        label = _no_labels(folder, scene_id, n, allowed=allowed)
     else:
         label = _labels(seg_path, n, name, ignore_index, scene_id)
     sources = [str(folder / "coord.npy"), str(folder / "color.npy")]
@@ -128,6 +100,49 @@ def load_scene(
         label_set=name,
         source_files=tuple(sources),
     )
+
+
+def _split_of(scene_id: str) -> str:
+    parts = scene_id.split("/")
+    if len(parts) != 2 or not all(parts):
+        raise DatasetError(
+            f"bad scene id {scene_id!r}",
+            scene=scene_id,
+            fix="Pointcept scene ids are '<split>/<scene>', e.g. 'val/scene0011_00' (list_scenes)",
+        )
+    return parts[0]
+
+
+def _coords(folder: Path, scene_id: str) -> np.ndarray:
+    """``coord.npy`` as float32 (N, 3), refused when missing, misshapen or not finite."""
+    if not (folder / "coord.npy").is_file():
+        raise DatasetError("scene not found (no coord.npy)", file=folder, scene=scene_id, fix=_FIX)
+    xyz = _load(folder / "coord.npy", scene_id)
+    if xyz.ndim != 2 or xyz.shape[1] != 3 or xyz.dtype.kind not in "fiu":
+        raise DatasetError(
+            f"coord must be (N, 3) numbers, got {xyz.dtype} {xyz.shape}",
+            file=folder / "coord.npy",
+            scene=scene_id,
+            fix=_FIX,
+        )
+    xyz = xyz.astype(np.float32)
+    if not np.isfinite(xyz).all():
+        raise DatasetError(
+            "non-finite coordinates", file=folder / "coord.npy", scene=scene_id, fix=_FIX
+        )
+    return xyz
+
+
+def _no_labels(folder: Path, scene_id: str, n: int, *, allowed: bool) -> np.ndarray:
+    """All ignore for a scene without a label file, where that is allowed (a test split)."""
+    if not allowed:
+        raise DatasetError(
+            f"no label file ({' or '.join(SEGMENT_FILES)})",
+            file=folder,
+            scene=scene_id,
+            fix="pass allow_unlabeled=True to read it without labels (all ignored)",
+        )
+    return np.full(n, IGNORE_INDEX, dtype=np.int16)
 
 
 def _root(root: str | Path) -> Path:

@@ -321,7 +321,7 @@ def load_nyu40(
         warnings.warn(
             f"{len(unknown)} object label(s) of {agg_path} are not in the label map "
             f"{map_file or ''} ({', '.join(map(repr, unknown[:5]))}): their points are unlabelled",
-            stacklevel=3,
+            stacklevel=4,  # the caller of load_scene (via _read_labels)
         )
     uniq, inverse = np.unique(seg_of, return_inverse=True)
     nyu_of_seg = np.zeros(len(uniq), dtype=np.int16)
@@ -374,30 +374,21 @@ def load_scene(
     root = Path(root)
     scan_dir = find_scan_dir(root, scene_id)
     is_test = scan_dir.parent.name == "scans_test"
-    ply = _need(
-        scan_dir / f"{scene_id}_vh_clean_2.ply",
-        scene_id,
-        "download the scene's _vh_clean_2.ply (download-scannet.py --type _vh_clean_2.ply)",
-    )
-    vertex = read_elements(ply, ["vertex"], scene=scene_id)["vertex"]
-    require_properties(vertex, ("x", "y", "z", "red", "green", "blue"), ply, scene=scene_id)
-    xyz = np.stack([vertex[k] for k in "xyz"], 1).astype(np.float64)
-    rgb = np.stack([vertex[k] for k in ("red", "green", "blue")], 1).astype(np.uint8)
-    sources = [ply]
-    agg = scan_dir / f"{scene_id}.aggregation.json"
-    if is_test and not agg.exists():
-        label = np.full(len(xyz), IGNORE_INDEX, dtype=np.int16)
-    else:
-        tsv = find_label_tsv(root, labels_tsv, scene_id)
-        label_map = read_label_map(tsv, scene_id)
-        nyu, files = load_nyu40(scan_dir, scene_id, len(xyz), label_map, map_file=tsv)
-        label = get_label_set("scannet20").nyu40_to_train()[nyu]
-        sources += [*files, tsv]
+    xyz, rgb, ply = _read_points(scan_dir, scene_id)
+    label, label_files = _read_labels(root, scan_dir, scene_id, len(xyz), is_test, labels_tsv)
+    sources = [ply, *label_files]
     meta_path = scan_dir / f"{scene_id}.txt"
     meta = read_meta(meta_path, scene_id) if meta_path.is_file() else {}
     frame_list = evenly_spaced(
         _load_frames(
-            root, scan_dir, scene_id, frames, frames_root, frame_stride, meta, color_calib_size
+            root,
+            scan_dir,
+            scene_id,
+            frames=frames,
+            frames_root=frames_root,
+            stride=frame_stride,
+            meta=meta,
+            color_calib_size=color_calib_size,
         ),
         max_views,
     )
@@ -419,6 +410,38 @@ def load_scene(
     )
 
 
+def _read_points(scan_dir: Path, scene_id: str) -> tuple[np.ndarray, np.ndarray, Path]:
+    """xyz (float64, the raw scan frame) and rgb of the ``_vh_clean_2.ply`` vertices."""
+    ply = _need(
+        scan_dir / f"{scene_id}_vh_clean_2.ply",
+        scene_id,
+        "download the scene's _vh_clean_2.ply (download-scannet.py --type _vh_clean_2.ply)",
+    )
+    vertex = read_elements(ply, ["vertex"], scene=scene_id)["vertex"]
+    require_properties(vertex, ("x", "y", "z", "red", "green", "blue"), ply, scene=scene_id)
+    xyz = np.stack([vertex[k] for k in "xyz"], 1).astype(np.float64)
+    rgb = np.stack([vertex[k] for k in ("red", "green", "blue")], 1).astype(np.uint8)
+    return xyz, rgb, ply
+
+
+def _read_labels(
+    root: Path,
+    scan_dir: Path,
+    scene_id: str,
+    n: int,
+    is_test: bool,
+    labels_tsv: str | Path | None,
+) -> tuple[np.ndarray, list[Path]]:
+    """scannet20 train ids of the ``n`` vertices and the files they came from; a test scan
+    without annotations is all ignore."""
+    if is_test and not (scan_dir / f"{scene_id}.aggregation.json").exists():
+        return np.full(n, IGNORE_INDEX, dtype=np.int16), []
+    tsv = find_label_tsv(root, labels_tsv, scene_id)
+    label_map = read_label_map(tsv, scene_id)
+    nyu, files = load_nyu40(scan_dir, scene_id, n, label_map, map_file=tsv)
+    return get_label_set("scannet20").nyu40_to_train()[nyu], [*files, tsv]
+
+
 def _aligned(f: Frame, A: np.ndarray) -> Frame:
     return replace(f, c2w=A @ f.c2w)
 
@@ -427,6 +450,7 @@ def _load_frames(
     root: Path,
     scan_dir: Path,
     scene_id: str,
+    *,
     frames: FrameSource | None,
     frames_root: str | Path | None,
     stride: int | None,

@@ -17,13 +17,14 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from tttkd.pipeline.datasets.scannet_sens import read_sens_index
+from tttkd.pipeline.datasets.scannet_sens import SensIndex, read_sens_index
 from tttkd.pipeline.errors import DatasetError
-from tttkd.pipeline.scene import Frame, ImageRef, scale_intrinsics
+from tttkd.pipeline.scene import Codec, Frame, ImageRef, scale_intrinsics
 from tttkd.pipeline.scene_timeout import require_regular_file
 
 DEPTH_SCALE = 1000.0  # uint16 depth PNGs store millimetres
@@ -135,6 +136,82 @@ def _frame_index(stem: str) -> int | None:
     return int(stem) if stem.isdigit() else None
 
 
+@dataclass(frozen=True)
+class _Tree:
+    """Where the files of one frame folder are, for its layout (25k subset or export)."""
+
+    layout: str
+    name_of: Callable[[int], str]  # .sens frame index -> file stem
+    k_color: Path
+    k_depth: Path
+    pose_dir: Path
+    color_dir: Path
+    depth_dir: Path
+
+    @classmethod
+    def of(cls, folder: Path, layout: str) -> _Tree:
+        if layout == "25k":
+            name_of: Callable[[int], str] = "{:06d}".format
+            k_color, k_depth = folder / "intrinsics_color.txt", folder / "intrinsics_depth.txt"
+        else:
+            name_of = str
+            k_color = folder / "intrinsic" / "intrinsic_color.txt"
+            k_depth = folder / "intrinsic" / "intrinsic_depth.txt"
+        return cls(
+            layout, name_of, k_color, k_depth, folder / "pose", folder / "color", folder / "depth"
+        )
+
+    def check_complete(self, scene: str) -> None:
+        for need in (self.pose_dir, self.color_dir, self.k_color):
+            if not need.exists():
+                raise DatasetError(
+                    f"{self.layout} frame folder is incomplete: {need.name} is missing",
+                    file=need,
+                    scene=scene,
+                    fix=f"extract the complete {self.layout} frames for this scene, or pass "
+                    "frames=... to pick another source",
+                )
+
+
+def _posed_frames(t: _Tree, scene: str, stride: int | None) -> list[tuple[int, np.ndarray]]:
+    """(index, c2w) of every ``stride``-th frame with a finite pose; a colour image without a
+    pose, or a pose without a colour image, is a damaged folder and an error."""
+    indices = sorted(i for p in t.pose_dir.glob("*.txt") if (i := _frame_index(p.stem)) is not None)
+    _no_orphan_images(t.color_dir, t.pose_dir, set(map(t.name_of, indices)), scene)
+    if stride:
+        indices = [i for i in indices if i % stride == 0]
+    colors = {p.name for p in t.color_dir.iterdir()}
+    posed: list[tuple[int, np.ndarray]] = []
+    for i in indices:
+        c2w = read_matrix(t.pose_dir / f"{t.name_of(i)}.txt", scene)
+        if np.all(np.isfinite(c2w)):
+            posed.append((i, c2w))
+    for i, _ in posed:
+        if f"{t.name_of(i)}.jpg" not in colors:
+            raise DatasetError(
+                f"frame {i} has a pose but no colour image",
+                file=t.color_dir / f"{t.name_of(i)}.jpg",
+                scene=scene,
+                fix="the frame folder is incomplete; extract or export it again",
+            )
+    return posed
+
+
+def _tree_depth_K(
+    t: _Tree, first_d: Path, meta: Mapping[str, str], scene: str
+) -> tuple[np.ndarray | None, tuple[int, int]]:
+    """Depth intrinsics at the stored depth size (None without an intrinsics file) and that
+    size, from the first depth image present."""
+    dsize = image_size(first_d, first_d, scene)
+    if not t.k_depth.exists():
+        return None, dsize
+    Kd = read_matrix(t.k_depth, scene)
+    dcalib = calibration_size(
+        Kd, dsize, _meta_size(meta, "depth"), REAL_DEPTH_SIZE, file=t.k_depth, scene=scene
+    )
+    return rescaled_K(Kd, dcalib, dsize, file=first_d, scene=scene, what="depth"), dsize
+
+
 def frames_from_tree(
     folder: Path,
     scene: str,
@@ -145,67 +222,29 @@ def frames_from_tree(
     color_calib_size: tuple[int, int] | None,
 ) -> list[Frame]:
     """Frames of a 25k-subset folder (``layout="25k"``) or a reader.py export (``"exported"``)."""
-    if layout == "25k":
-        name_of: Callable[[int], str] = "{:06d}".format
-        k_color, k_depth = folder / "intrinsics_color.txt", folder / "intrinsics_depth.txt"
-    else:
-        name_of = str
-        k_color = folder / "intrinsic" / "intrinsic_color.txt"
-        k_depth = folder / "intrinsic" / "intrinsic_depth.txt"
-    pose_dir, color_dir, depth_dir = folder / "pose", folder / "color", folder / "depth"
-    for need in (pose_dir, color_dir, k_color):
-        if not need.exists():
-            raise DatasetError(
-                f"{layout} frame folder is incomplete: {need.name} is missing",
-                file=need,
-                scene=scene,
-                fix=f"extract the complete {layout} frames for this scene, or pass frames=... "
-                "to pick another source",
-            )
-    indices = sorted(i for p in pose_dir.glob("*.txt") if (i := _frame_index(p.stem)) is not None)
-    _no_orphan_images(color_dir, pose_dir, set(map(name_of, indices)), scene)
-    if stride:
-        indices = [i for i in indices if i % stride == 0]
-    colors = {p.name for p in color_dir.iterdir()}
-    depths = {p.name for p in depth_dir.iterdir()} if depth_dir.is_dir() else set()
-    posed: list[tuple[int, np.ndarray]] = []
-    for i in indices:
-        c2w = read_matrix(pose_dir / f"{name_of(i)}.txt", scene)
-        if np.all(np.isfinite(c2w)):
-            posed.append((i, c2w))
+    t = _Tree.of(folder, layout)
+    t.check_complete(scene)
+    posed = _posed_frames(t, scene, stride)
     if not posed:
         return []
-    for i, _ in posed:
-        if f"{name_of(i)}.jpg" not in colors:
-            raise DatasetError(
-                f"frame {i} has a pose but no colour image",
-                file=color_dir / f"{name_of(i)}.jpg",
-                scene=scene,
-                fix="the frame folder is incomplete; extract or export it again",
-            )
-    first = color_dir / f"{name_of(posed[0][0])}.jpg"
+    first = t.color_dir / f"{t.name_of(posed[0][0])}.jpg"
     size = image_size(first, first, scene)
-    K_raw = read_matrix(k_color, scene)
+    K_raw = read_matrix(t.k_color, scene)
     calib = color_calib_size or calibration_size(
-        K_raw, size, _meta_size(meta, "color"), REAL_COLOR_SIZE, file=k_color, scene=scene
+        K_raw, size, _meta_size(meta, "color"), REAL_COLOR_SIZE, file=t.k_color, scene=scene
     )
     K = rescaled_K(K_raw, calib, size, file=first, scene=scene, what="colour")
+    depths = {p.name for p in t.depth_dir.iterdir()} if t.depth_dir.is_dir() else set()
+    have_depth = [f"{t.name_of(i)}.png" in depths for i, _ in posed]
     depth_K, dsize = None, None
-    have_depth = [f"{name_of(i)}.png" in depths for i, _ in posed]
     if any(have_depth):
-        first_d = depth_dir / f"{name_of(posed[have_depth.index(True)][0])}.png"
-        dsize = image_size(first_d, first_d, scene)
-        if k_depth.exists():
-            Kd = read_matrix(k_depth, scene)
-            dcalib = calibration_size(
-                Kd, dsize, _meta_size(meta, "depth"), REAL_DEPTH_SIZE, file=k_depth, scene=scene
-            )
-            depth_K = rescaled_K(Kd, dcalib, dsize, file=first_d, scene=scene, what="depth")
+        first_d = t.depth_dir / f"{t.name_of(posed[have_depth.index(True)][0])}.png"
+        depth_K, dsize = _tree_depth_K(t, first_d, meta, scene)
     frames = []
     for i, c2w in posed:
         dshape = None if depth_K is None else (dsize[1], dsize[0])  # what depth_K is for
         # a frame whose depth PNG is missing while others have one fails to load, naming it
-        depth_path = str(depth_dir / f"{name_of(i)}.png")
+        depth_path = str(t.depth_dir / f"{t.name_of(i)}.png")
         depth = ImageRef(depth_path, shape=dshape) if any(have_depth) else None
         frames.append(
             Frame(
@@ -214,7 +253,7 @@ def frames_from_tree(
                 c2w=c2w,
                 width=size[0],
                 height=size[1],
-                color=ImageRef(str(color_dir / f"{name_of(i)}.jpg")),
+                color=ImageRef(str(t.color_dir / f"{t.name_of(i)}.jpg")),
                 depth=depth,
                 depth_scale=DEPTH_SCALE,
                 depth_K=None if depth_K is None else depth_K.copy(),
@@ -244,21 +283,7 @@ def frames_from_sens(
 ) -> list[Frame]:
     """Every ``stride``-th frame of a ``.sens`` as byte ranges (no export to disk)."""
     idx = read_sens_index(path, scene=scene)
-    if idx.color_compression not in ("jpeg", "png"):
-        raise DatasetError(
-            f"colour compression {idx.color_compression!r} is not supported (jpeg or png)",
-            file=path,
-            scene=scene,
-            fix="export the frames with ScanNet's reader.py and use frames='exported'",
-        )
-    depth_codec = {"zlib_ushort": "zlib_u16", "raw_ushort": "raw_u16"}.get(idx.depth_compression)
-    if depth_codec is None:
-        raise DatasetError(
-            f"depth compression {idx.depth_compression!r} is not supported",
-            file=path,
-            scene=scene,
-            fix="export the frames with ScanNet's reader.py and use frames='exported'",
-        )
+    depth_codec = _sens_depth_codec(idx, path, scene)
     keep = [
         i
         for i in range(0, idx.num_frames, max(1, stride))
@@ -266,39 +291,60 @@ def frames_from_sens(
     ]
     if not keep:
         return []
-    i0 = keep[0]
-    with open(path, "rb") as f:
-        f.seek(int(idx.color_offset[i0]))
-        head = f.read(int(idx.color_length[i0]))
-    size = image_size(head, path, scene)
-    header_size = (idx.color_width, idx.color_height)
-    calib = color_calib_size or header_size
+    size = _stored_color_size(path, idx, keep[0], scene)
+    calib = color_calib_size or (idx.color_width, idx.color_height)
     K = rescaled_K(idx.intrinsic_color, calib, size, file=path, scene=scene, what="colour")
     depth_K = np.array(idx.intrinsic_depth[:3, :3], dtype=np.float64)
-    frames = []
-    for i in keep:
-        frames.append(
-            Frame(
-                name=f"{i:06d}",
-                K=K.copy(),
-                c2w=idx.camera_to_world[i].copy(),
-                width=size[0],
-                height=size[1],
-                color=ImageRef(
-                    str(path), int(idx.color_offset[i]), int(idx.color_length[i]), "image"
-                ),
-                depth=ImageRef(
-                    str(path),
-                    int(idx.depth_offset[i]),
-                    int(idx.depth_length[i]),
-                    depth_codec,  # type: ignore[arg-type]
-                    (idx.depth_height, idx.depth_width),
-                ),
-                depth_scale=idx.depth_shift if idx.depth_shift > 0 else DEPTH_SCALE,
-                depth_K=depth_K.copy(),
-            )
+    return [
+        Frame(
+            name=f"{i:06d}",
+            K=K.copy(),
+            c2w=idx.camera_to_world[i].copy(),
+            width=size[0],
+            height=size[1],
+            color=ImageRef(str(path), int(idx.color_offset[i]), int(idx.color_length[i]), "image"),
+            depth=ImageRef(
+                str(path),
+                int(idx.depth_offset[i]),
+                int(idx.depth_length[i]),
+                depth_codec,
+                (idx.depth_height, idx.depth_width),
+            ),
+            depth_scale=idx.depth_shift if idx.depth_shift > 0 else DEPTH_SCALE,
+            depth_K=depth_K.copy(),
         )
-    return frames
+        for i in keep
+    ]
+
+
+def _sens_depth_codec(idx: SensIndex, path: Path, scene: str) -> Codec:
+    """The ImageRef codec of the stream's depth; a colour or depth compression we cannot
+    decode is an error that points at reader.py's export."""
+    if idx.color_compression not in ("jpeg", "png"):
+        raise DatasetError(
+            f"colour compression {idx.color_compression!r} is not supported (jpeg or png)",
+            file=path,
+            scene=scene,
+            fix="export the frames with ScanNet's reader.py and use frames='exported'",
+        )
+    codecs: dict[str, Codec] = {"zlib_ushort": "zlib_u16", "raw_ushort": "raw_u16"}
+    depth_codec = codecs.get(idx.depth_compression)
+    if depth_codec is None:
+        raise DatasetError(
+            f"depth compression {idx.depth_compression!r} is not supported",
+            file=path,
+            scene=scene,
+            fix="export the frames with ScanNet's reader.py and use frames='exported'",
+        )
+    return depth_codec
+
+
+def _stored_color_size(path: Path, idx: SensIndex, i: int, scene: str) -> tuple[int, int]:
+    """(width, height) of frame ``i``'s colour image as stored (its header, not the .sens's)."""
+    with open(path, "rb") as f:
+        f.seek(int(idx.color_offset[i]))
+        head = f.read(int(idx.color_length[i]))
+    return image_size(head, path, scene)
 
 
 def _meta_size(meta: Mapping[str, str], kind: str) -> tuple[int, int] | None:

@@ -12,6 +12,7 @@ import struct
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -69,68 +70,99 @@ def read_sens_index(path: str | Path, *, scene: str | None = None) -> SensIndex:
     return _read_cached(str(path), st.st_size, st.st_mtime_ns, scene)
 
 
-@lru_cache(maxsize=16)
-def _read_cached(path: str, size: int, mtime_ns: int, scene: str | None) -> SensIndex:
-    def bad(problem: str) -> DatasetError:
+class _Stream:
+    """A .sens opened for parsing: every problem is the same DatasetError naming the file."""
+
+    def __init__(self, f: BinaryIO, path: str, scene: str | None) -> None:
+        self.f, self.path, self.scene = f, path, scene
+
+    def bad(self, problem: str) -> DatasetError:
         return DatasetError(
             problem,
-            file=path,
-            scene=scene,
+            file=self.path,
+            scene=self.scene,
             fix="the .sens is corrupt or incomplete; download it again",
         )
 
+    def take(self, n: int) -> bytes:
+        b = self.f.read(n)
+        if len(b) != n:
+            raise self.bad(f"truncated: file ends at byte {self.f.tell()} inside the header")
+        return b
+
+
+@dataclass(frozen=True)
+class _Header:
+    sensor: str
+    mats: np.ndarray  # (4, 4, 4): colour K, colour extrinsic, depth K, depth extrinsic
+    c_comp: int
+    d_comp: int
+    sizes: tuple[int, int, int, int]  # colour w, h, depth w, h
+    shift: float
+    n: int  # frames
+
+
+def _read_header(s: _Stream, size: int) -> _Header:
+    (version,) = struct.unpack("<I", s.take(4))
+    if version != SENS_VERSION:
+        raise s.bad(f"not a ScanNet .sens v{SENS_VERSION} file (version field is {version})")
+    (name_len,) = struct.unpack("<Q", s.take(8))
+    if name_len > 4096:
+        raise s.bad(f"sensor name length {name_len} is implausible; not a .sens file")
+    sensor = s.take(name_len).decode("utf-8", errors="replace")
+    mats = np.frombuffer(s.take(4 * 64), dtype="<f4").astype(np.float64).reshape(4, 4, 4)
+    c_comp, d_comp = struct.unpack("<ii", s.take(8))
+    cw, ch, dw, dh = struct.unpack("<4I", s.take(16))
+    (shift,) = struct.unpack("<f", s.take(4))
+    (n,) = struct.unpack("<Q", s.take(8))
+    if n > size // _FRAME_HEADER.size:
+        raise s.bad(f"header claims {n} frames, more than the file can hold")
+    return _Header(sensor, mats, c_comp, d_comp, (cw, ch, dw, dh), shift, n)
+
+
+def _read_frame_table(s: _Stream, n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Poses (n, 4, 4) and the columns c_off, c_len, d_off, d_len, ts_c, ts_d (6, n), found by
+    hopping from frame header to frame header (the images are not read)."""
+    poses = np.empty((n, 4, 4), dtype=np.float64)
+    cols = np.empty((6, n), dtype=np.int64)
+    pos = s.f.tell()
+    for i in range(n):
+        s.f.seek(pos)
+        head = s.f.read(_FRAME_HEADER.size)
+        if len(head) != _FRAME_HEADER.size:
+            raise s.bad(f"truncated: frame {i} of {n} starts past the end of the file")
+        vals = _FRAME_HEADER.unpack(head)
+        poses[i] = np.asarray(vals[:16], dtype=np.float64).reshape(4, 4)
+        ts_c, ts_d, n_c, n_d = vals[16:]
+        c_off = pos + _FRAME_HEADER.size
+        pos = c_off + n_c + n_d
+        if pos > size:
+            raise s.bad(f"truncated: frame {i} of {n} needs bytes up to {pos}, file has {size}")
+        cols[:, i] = (c_off, n_c, c_off + n_c, n_d, ts_c, ts_d)
+    return poses, cols
+
+
+@lru_cache(maxsize=16)
+def _read_cached(path: str, size: int, mtime_ns: int, scene: str | None) -> SensIndex:
     with open(path, "rb") as f:
-
-        def take(n: int) -> bytes:
-            b = f.read(n)
-            if len(b) != n:
-                raise bad(f"truncated: file ends at byte {f.tell()} inside the header")
-            return b
-
-        (version,) = struct.unpack("<I", take(4))
-        if version != SENS_VERSION:
-            raise bad(f"not a ScanNet .sens v{SENS_VERSION} file (version field is {version})")
-        (name_len,) = struct.unpack("<Q", take(8))
-        if name_len > 4096:
-            raise bad(f"sensor name length {name_len} is implausible; not a .sens file")
-        sensor = take(name_len).decode("utf-8", errors="replace")
-        mats = np.frombuffer(take(4 * 64), dtype="<f4").astype(np.float64).reshape(4, 4, 4)
-        c_comp, d_comp = struct.unpack("<ii", take(8))
-        cw, ch, dw, dh = struct.unpack("<4I", take(16))
-        (shift,) = struct.unpack("<f", take(4))
-        (n,) = struct.unpack("<Q", take(8))
-        if n > size // _FRAME_HEADER.size:
-            raise bad(f"header claims {n} frames, more than the file can hold")
-        poses = np.empty((n, 4, 4), dtype=np.float64)
-        cols = np.empty((6, n), dtype=np.int64)  # c_off, c_len, d_off, d_len, ts_c, ts_d
-        pos = f.tell()
-        for i in range(n):
-            f.seek(pos)
-            head = f.read(_FRAME_HEADER.size)
-            if len(head) != _FRAME_HEADER.size:
-                raise bad(f"truncated: frame {i} of {n} starts past the end of the file")
-            vals = _FRAME_HEADER.unpack(head)
-            poses[i] = np.asarray(vals[:16], dtype=np.float64).reshape(4, 4)
-            ts_c, ts_d, n_c, n_d = vals[16:]
-            c_off = pos + _FRAME_HEADER.size
-            pos = c_off + n_c + n_d
-            if pos > size:
-                raise bad(f"truncated: frame {i} of {n} needs bytes up to {pos}, file has {size}")
-            cols[:, i] = (c_off, n_c, c_off + n_c, n_d, ts_c, ts_d)
+        stream = _Stream(f, path, scene)
+        h = _read_header(stream, size)
+        poses, cols = _read_frame_table(stream, h.n, size)
+    cw, ch, dw, dh = h.sizes
     return SensIndex(
         path=path,
-        sensor_name=sensor,
-        intrinsic_color=mats[0],
-        extrinsic_color=mats[1],
-        intrinsic_depth=mats[2],
-        extrinsic_depth=mats[3],
-        color_compression=COLOR_CODECS.get(c_comp, f"code {c_comp}"),
-        depth_compression=DEPTH_CODECS.get(d_comp, f"code {d_comp}"),
+        sensor_name=h.sensor,
+        intrinsic_color=h.mats[0],
+        extrinsic_color=h.mats[1],
+        intrinsic_depth=h.mats[2],
+        extrinsic_depth=h.mats[3],
+        color_compression=COLOR_CODECS.get(h.c_comp, f"code {h.c_comp}"),
+        depth_compression=DEPTH_CODECS.get(h.d_comp, f"code {h.d_comp}"),
         color_width=cw,
         color_height=ch,
         depth_width=dw,
         depth_height=dh,
-        depth_shift=float(shift),
+        depth_shift=float(h.shift),
         camera_to_world=poses,
         color_offset=cols[0],
         color_length=cols[1],
