@@ -340,7 +340,7 @@ def _complete(url: Path) -> list[str]:
 
 def _prep_cmd(root: Path, out: Path, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "tttkd.cli.prep", "scannet", "--root", str(root), "--out",
+        sys.executable, "-m", "tttkd.cli.prep", "scannet", "--root", str(root), "--cache",
         str(out), "--teacher", "test_vit_tiny", "--image-size", "28", "--frames", "25k",
         "--no-progress", *extra,
     ]  # fmt: skip

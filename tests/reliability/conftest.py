@@ -67,7 +67,7 @@ def prep(tiny_prep_options):
     from tttkd.cli.prep import cli
 
     def run(root: object, out: object, *options: object):
-        args = ["scannet", "--root", root, "--out", out, *options, *tiny_prep_options]
+        args = ["scannet", "--root", root, "--cache", out, *options, *tiny_prep_options]
         return CliRunner().invoke(cli, [str(a) for a in args])
 
     return run

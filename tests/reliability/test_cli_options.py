@@ -64,7 +64,7 @@ def run_cli(name: str, args: list[str], capsys) -> tuple[int, str]:
     return code, out.out + out.err
 
 
-PREP = ["scannet", "--root", "{root}", "--out", "{tmp}/o.zarr", "--teacher", "test_vit_tiny"]
+PREP = ["scannet", "--root", "{root}", "--cache", "{tmp}/o.zarr", "--teacher", "test_vit_tiny"]
 TRAIN = ["--cache", "{cache}", "--out", "{tmp}/run"]
 ADAPT = ["--cache", "{cache}", "--checkpoint", "{file}", "--out", "{tmp}/adapt"]
 CASES = [

@@ -45,7 +45,7 @@ def test_a_fifo_in_place_of_an_image_is_named_not_waited_on(root, tmp_path, prep
         os.mkfifo(jpg)
     try:
         out = tmp_path / "feats.zarr"
-        r = prep_process("--root", root, "--out", out, timeout=120)
+        r = prep_process("--root", root, "--cache", out, timeout=120)
     finally:
         for jpg in colour:
             jpg.unlink()
@@ -62,7 +62,7 @@ def test_a_fifo_in_place_of_an_image_is_named_not_waited_on(root, tmp_path, prep
 
 def test_scene_timeout_fails_each_scene_and_the_run_goes_on(root, tmp_path, prep_process):
     out = tmp_path / "feats.zarr"
-    r = prep_process("--root", root, "--out", out, "--scene-timeout", "0.001")
+    r = prep_process("--root", root, "--cache", out, "--scene-timeout", "0.001")
     text = r.stdout + r.stderr
     assert r.returncode == 1 and "Traceback" not in text, text
     failures = json.loads(Path(f"{out}.failures.json").read_text())["failures"]

@@ -45,7 +45,7 @@ def _siblings(out: Path) -> list[str]:
 
 def test_overwrite_with_an_unknown_scene_keeps_the_cache(root, finished, tmp_path, prep):
     out = _copy(finished, tmp_path)
-    r = prep(root, out, "--overwrite", "--scene", "nope")
+    r = prep(root, out, "--overwrite", "--scenes", "nope")
     assert r.exit_code != 0 and "nope" in r.output and "Traceback" not in r.output
     _intact(out)
     assert _siblings(out) == ["feats.zarr"]
@@ -85,7 +85,7 @@ def test_an_interrupted_overwrite_leaves_the_old_cache_whole(
 
 def test_a_failed_start_leaves_no_empty_cache_folder(root, tmp_path, prep):
     out = tmp_path / "feats.zarr"
-    r = prep(root, out, "--scene", "nope")
+    r = prep(root, out, "--scenes", "nope")
     assert r.exit_code != 0 and "nope" in r.output
     assert not out.exists()
 
