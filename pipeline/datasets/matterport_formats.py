@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -253,44 +254,11 @@ PLY_FIX = (
 
 def read_region_ply(path: str | Path, *, scene: str | None = None) -> RegionMesh:
     """``region_segmentations/region<k>.ply``: vertices and per-face ``category_id``."""
-    from plyfile import PlyData, PlyElementParseError
-
     path = Path(path)
     if not path.is_file():
         raise DatasetError("region mesh not found", file=path, scene=scene, fix=PLY_FIX)
-    faces = owner = None
-    try:
-        ply = PlyData.read(str(path), known_list_len={"face": {"vertex_indices": 3}})
-    except PlyElementParseError as e:
-        if "unexpected list length" not in str(e):
-            raise DatasetError(
-                f"not a readable PLY mesh ({e})", file=path, scene=scene, fix=PLY_FIX
-            ) from e
-        ply = PlyData.read(str(path), mmap=False)
-        faces, owner = _fan_triangulate(ply["face"].data["vertex_indices"])
-    except Exception as e:  # plyfile raises several types for a truncated or foreign file
-        raise DatasetError(
-            f"not a readable PLY mesh ({e})", file=path, scene=scene, fix=PLY_FIX
-        ) from e
-    names = {el.name for el in ply.elements}
-    for el_name, props in (
-        ("vertex", ("x", "y", "z", "red", "green", "blue")),
-        ("face", ("vertex_indices", "category_id")),
-    ):
-        if el_name not in names:
-            raise DatasetError(
-                f"PLY has no '{el_name}' element", file=path, scene=scene, fix=PLY_FIX
-            )
-        have = {p.name for p in ply[el_name].properties}
-        missing = [p for p in props if p not in have]
-        if missing:
-            raise DatasetError(
-                f"PLY element '{el_name}' lacks {', '.join(missing)} "
-                f"(has {', '.join(sorted(have))}); Matterport region meshes carry these",
-                file=path,
-                scene=scene,
-                fix=PLY_FIX,
-            )
+    ply, faces, owner = _parse_ply(path, scene)
+    _require_mesh_properties(ply, path, scene)
     v = ply["vertex"].data
     f = ply["face"].data
     xyz = np.stack([v["x"], v["y"], v["z"]], axis=1).astype(np.float32)
@@ -313,6 +281,50 @@ def read_region_ply(path: str | Path, *, scene: str | None = None) -> RegionMesh
     if not np.isfinite(xyz).all():
         raise DatasetError("non-finite vertex coordinates", file=path, scene=scene, fix=PLY_FIX)
     return RegionMesh(np.ascontiguousarray(xyz), np.ascontiguousarray(rgb), faces, category)
+
+
+def _parse_ply(path: Path, scene: str | None) -> tuple[Any, np.ndarray | None, np.ndarray | None]:
+    """The parsed PLY (memory-mapped when every face is a triangle) and, for a mesh with other
+    polygons, its fan triangles and the face each came from (else None, None)."""
+    from plyfile import PlyData, PlyElementParseError
+
+    try:
+        ply = PlyData.read(str(path), known_list_len={"face": {"vertex_indices": 3}})
+    except PlyElementParseError as e:
+        if "unexpected list length" not in str(e):
+            raise DatasetError(
+                f"not a readable PLY mesh ({e})", file=path, scene=scene, fix=PLY_FIX
+            ) from e
+        ply = PlyData.read(str(path), mmap=False)
+        faces, owner = _fan_triangulate(ply["face"].data["vertex_indices"])
+        return ply, faces, owner
+    except Exception as e:  # plyfile raises several types for a truncated or foreign file
+        raise DatasetError(
+            f"not a readable PLY mesh ({e})", file=path, scene=scene, fix=PLY_FIX
+        ) from e
+    return ply, None, None
+
+
+def _require_mesh_properties(ply: Any, path: Path, scene: str | None) -> None:
+    names = {el.name for el in ply.elements}
+    for el_name, props in (
+        ("vertex", ("x", "y", "z", "red", "green", "blue")),
+        ("face", ("vertex_indices", "category_id")),
+    ):
+        if el_name not in names:
+            raise DatasetError(
+                f"PLY has no '{el_name}' element", file=path, scene=scene, fix=PLY_FIX
+            )
+        have = {p.name for p in ply[el_name].properties}
+        missing = [p for p in props if p not in have]
+        if missing:
+            raise DatasetError(
+                f"PLY element '{el_name}' lacks {', '.join(missing)} "
+                f"(has {', '.join(sorted(have))}); Matterport region meshes carry these",
+                file=path,
+                scene=scene,
+                fix=PLY_FIX,
+            )
 
 
 def _fan_triangulate(polys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

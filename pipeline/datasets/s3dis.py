@@ -249,14 +249,14 @@ def _choose_direction(
         warnings.warn(
             f"{scene}: frames agree with the aligned points only with Rz(+θ), θ={theta:g} "
             f"({ok_inv} vs {ok_doc} points pass the depth test); using that direction",
-            stacklevel=3,
+            stacklevel=4,  # the caller of load_scene
         )
         return "inverse"
     if n_doc and ok_doc < 0.3 * n_doc:
         warnings.warn(
             f"{scene}: only {ok_doc}/{n_doc} points agree with the frames' depth; check that "
             "images_root belongs to this S3DIS version",
-            stacklevel=3,
+            stacklevel=4,  # the caller of load_scene
         )
     return "documented"
 
@@ -411,30 +411,9 @@ def load_scene(
         if images_root is not None:
             frame_list = load_frames(images_root, area, room, scene=scene_id, max_views=max_views)
     if frame_list and version == "aligned":
-        name = f"Area_{area}/Area_{area}_alignmentAngle.txt"
-        angles_file = vroot / name
-        sibling = vroot.parent / VERSION_DIRS["raw"] / name  # the same file ships with v1.2
-        if not angles_file.is_file() and sibling.is_file():
-            angles_file = sibling
-        angles = read_alignment_angles(angles_file)
-        if room not in angles:
-            raise DatasetError(
-                f"room {room} is not listed in the alignment angles",
-                file=angles_file,
-                scene=scene_id,
-                fix="restore the file from S3DIS, or pass version='raw' or frames=None",
-            )
-        theta = angles[room]
-        centre = (xyz64.min(axis=0) + xyz64.max(axis=0)) / 2.0
-        direction = align_direction
-        if direction == "auto":
-            flips = not np.isclose(np.mod(theta, 180.0), 0.0)
-            direction = (
-                _choose_direction(xyz64, frame_list, theta, centre, scene_id)
-                if flips
-                else "documented"
-            )
-        A = aligned_from_raw(theta, centre, direction)
+        A = _aligned_from_raw_of_room(
+            vroot, area, room, xyz64, frame_list, direction=align_direction, scene=scene_id
+        )
         frame_list = [dataclasses.replace(f, c2w=A @ f.c2w) for f in frame_list]
     return Scene(
         id=scene_id,
@@ -447,6 +426,42 @@ def load_scene(
         label_set=LABEL_SET,
         source_files=tuple(sources),
     )
+
+
+def _aligned_from_raw_of_room(
+    vroot: Path,
+    area: int,
+    room: str,
+    xyz64: np.ndarray,
+    frames: list[Frame],
+    *,
+    direction: AlignDirection,
+    scene: str,
+) -> np.ndarray:
+    """The 4x4 that takes the room's raw-frame poses (2D-3D-S) into the Aligned version: the
+    room's alignment angle about its bounding-box centre, in the direction the depth agrees
+    with when ``direction`` is "auto" and the angle is not a multiple of 180°."""
+    name = f"Area_{area}/Area_{area}_alignmentAngle.txt"
+    angles_file = vroot / name
+    sibling = vroot.parent / VERSION_DIRS["raw"] / name  # the same file ships with v1.2
+    if not angles_file.is_file() and sibling.is_file():
+        angles_file = sibling
+    angles = read_alignment_angles(angles_file)
+    if room not in angles:
+        raise DatasetError(
+            f"room {room} is not listed in the alignment angles",
+            file=angles_file,
+            scene=scene,
+            fix="restore the file from S3DIS, or pass version='raw' or frames=None",
+        )
+    theta = angles[room]
+    centre = (xyz64.min(axis=0) + xyz64.max(axis=0)) / 2.0
+    if direction == "auto":
+        flips = not np.isclose(np.mod(theta, 180.0), 0.0)
+        direction = (
+            _choose_direction(xyz64, frames, theta, centre, scene) if flips else "documented"
+        )
+    return aligned_from_raw(theta, centre, direction)
 
 
 def semantic_label_train_ids(labels: list[str]) -> np.ndarray:
