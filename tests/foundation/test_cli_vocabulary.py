@@ -132,6 +132,13 @@ SHARED = {
     # defaults per stage: the dataset's (prep), 8 per step (train), all cached (adapt)
     "--max-images": (("prep", "train", "adapt", "adapt sweep"), False),
     "--config": (("prep", "train", "adapt", "adapt sweep"), True),
+    # the Dask cluster options of prep and adapt (pipeline/cluster.py)
+    "--workers": (("prep", "adapt", "adapt sweep"), True),
+    "--gpus": (("prep", "adapt", "adapt sweep"), True),
+    "--scheduler": (("prep", "adapt", "adapt sweep"), True),
+    "--memory-limit": (("prep", "adapt", "adapt sweep"), True),
+    "--dashboard": (("prep", "adapt", "adapt sweep"), True),
+    "--progress": (("prep", "train", "adapt", "adapt sweep"), True),
     "--set": (("prep", "train", "adapt", "adapt sweep"), True),
 }
 
