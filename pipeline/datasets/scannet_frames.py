@@ -35,6 +35,7 @@ _ASPECT_TOLERANCE = 0.03  # 1296x968 vs 640x480 differ by 0.4 %
 
 def read_matrix(path: Path, scene: str, rows: int = 4) -> np.ndarray:
     """A whitespace-separated 4x4 (or 3x3) text matrix; -inf/nan values are kept as such."""
+    require_regular_file(path, scene)  # a FIFO would block forever
     try:
         text = path.read_text(encoding="ascii", errors="replace")
     except OSError as e:

@@ -15,6 +15,8 @@ Bounded: a few examples per dataset, derandomized so CI runs the same cases.
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -198,3 +200,52 @@ def test_a_deleted_split_list_is_named_not_a_silent_split_change(name, tmp_path)
     scene, _, warned = _read(name, root, sid, opts)
     assert scene.split is None
     assert any(lists[0].name in w and "split is unknown" in w for w in warned), warned
+
+
+def _one_per_kind(files: list[Path], src: Path) -> list[Path]:
+    """One file per kind (its path with digits masked): every reader path, few reads."""
+    kinds: dict[str, Path] = {}
+    for f in files:
+        kinds.setdefault(re.sub(r"\d+", "#", str(f.relative_to(src))), f)
+    return list(kinds.values())
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_fifo_in_place_of_any_file_is_named_never_waited_on(pristine, tmp_path):
+    """Item 4, every file kind of a scene: a FIFO blocks ``open()`` forever, so readers must
+    check for a regular file first. Before: ScanNet's pose and intrinsics files were not."""
+    name, src, sid, opts, scene0, _, files = pristine
+    root = tmp_path / "data"
+    shutil.copytree(src, root)
+    bad = []
+    for f in _one_per_kind(files, src):
+        rel = f.relative_to(src)
+        target = root / rel
+        keep = target.read_bytes()
+        target.unlink()
+        os.mkfifo(target)
+        try:
+            with scene_deadline(5, sid):
+                scene, frames, warned = _read(name, root, sid, opts)
+        except SceneTimeout:
+            bad.append(f"{rel}: hung")
+            continue
+        except TttkdError as e:
+            if not _names(str(e), target, root):
+                bad.append(f"{rel}: {e}")
+            continue
+        finally:
+            target.unlink()
+            target.write_bytes(keep)
+        errors = [e for e in frames.values() if isinstance(e, TttkdError)]
+        if any(_names(str(m), target, root) for m in [*errors, *warned]):
+            continue  # the frame is dropped, or the scene warned, naming the file
+        same = (
+            np.array_equal(scene.xyz, scene0.xyz)
+            and np.array_equal(scene.label, scene0.label)
+            and scene.split == scene0.split
+            and not errors
+        )
+        if not same:
+            bad.append(f"{rel}: a silently different scene")
+    assert not bad, f"{name}: " + "; ".join(bad)
