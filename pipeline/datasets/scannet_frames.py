@@ -7,7 +7,9 @@
 * ``sens``: the ``.sens`` stream itself, by byte offset (:mod:`.scannet_sens`).
 
 Frames are named ``%06d`` after their index in the ``.sens`` whatever the source, so the
-same view has the same name everywhere. Frames whose pose is not finite are skipped.
+same view has the same name everywhere. Frames whose pose is ``-inf`` (ScanNet's mark of a lost
+track) are skipped; any other non-finite pose (NaN, a partly finite matrix) is damage: those
+frames are skipped with a warning naming the files.
 The colour resolution is never assumed: K is rescaled from its calibration size to the size
 of the colour image actually stored (read from the first image's header, no pixel decode).
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,10 +186,20 @@ def _posed_frames(t: _Tree, scene: str, stride: int | None) -> list[tuple[int, n
         indices = [i for i in indices if i % stride == 0]
     colors = {p.name for p in t.color_dir.iterdir()}
     posed: list[tuple[int, np.ndarray]] = []
+    damaged = []
     for i in indices:
-        c2w = read_matrix(t.pose_dir / f"{t.name_of(i)}.txt", scene)
+        path = t.pose_dir / f"{t.name_of(i)}.txt"
+        c2w = read_matrix(path, scene)
         if np.all(np.isfinite(c2w)):
             posed.append((i, c2w))
+        elif not np.all(np.isneginf(c2w)):  # -inf everywhere: a lost track, ScanNet's data
+            damaged.append(str(path))
+    if damaged:
+        warnings.warn(
+            f"{len(damaged)} frame(s) dropped: their pose file holds NaN or a partly finite "
+            f"matrix: {', '.join(damaged[:10])}{' ...' if len(damaged) > 10 else ''}",
+            stacklevel=2,
+        )
     for i, _ in posed:
         if f"{t.name_of(i)}.jpg" not in colors:
             raise DatasetError(

@@ -60,3 +60,26 @@ def test_a_contradicting_depth_png_is_dropped_by_name(root, tmp_path, prep, dama
     lines = [w for w in report if "frames dropped" in w]
     assert len(lines) == 1 and str(depth) in lines[0] and frame.name in lines[0]
     assert f"WARNING {SCENE}: {lines[0]}" in r.output
+
+
+@pytest.mark.parametrize("damage", ["corrupt_colour", "non_finite_pose"])
+def test_a_dropped_frame_of_any_cause_is_in_the_summary_and_the_report(
+    root, tmp_path, prep, damage
+):
+    frames = scannet.load_scene(root, SCENE, frames="25k").frames
+    frame = [f for f in frames if np.isfinite(f.c2w).all()][-1]  # the first sets the image size
+    colour = Path(frame.color.path)
+    if damage == "corrupt_colour":
+        colour.write_bytes(colour.read_bytes()[:40])  # a JPEG cut short
+        named = str(colour)
+    else:
+        pose = colour.parent.parent / "pose" / f"{colour.stem}.txt"
+        pose.write_text("nan nan nan nan\n" * 4)  # damage, not ScanNet's -inf of a lost track
+        named = str(pose)
+    out = tmp_path / "feats.zarr"
+    r = prep(root, out)
+    assert r.exit_code == 0, r.output
+    report = json.loads(Path(f"{out}.warnings.json").read_text())["scenes"][SCENE]
+    lines = [w for w in report if "dropped" in w and named in w]
+    assert len(lines) == 1, report
+    assert f"WARNING {SCENE}: {lines[0]}" in r.output
