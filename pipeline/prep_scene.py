@@ -31,11 +31,16 @@ from typing import Any
 import numpy as np
 
 from tttkd.pipeline.cache_records import SceneRecord
-from tttkd.pipeline.correspond import View, frame_correspondences, pixel_to_grid
+from tttkd.pipeline.correspond import (
+    CorrespondConfig,
+    View,
+    frame_correspondences,
+    pixel_to_grid,
+)
 from tttkd.pipeline.datasets import registry
 from tttkd.pipeline.errors import TttkdError
-from tttkd.pipeline.frames import select_frames
-from tttkd.pipeline.plan import SceneJob
+from tttkd.pipeline.frames import FrameSelection, select_frames
+from tttkd.pipeline.plan import PrepConfig, SceneJob
 from tttkd.pipeline.scene_timeout import scene_deadline
 from tttkd.pipeline.scene_warnings import check_labels, dropped_frames_warning
 from tttkd.pipeline.teacher import TeacherSpec, grid_size
@@ -129,24 +134,82 @@ def _images_part(job: SceneJob, scene: Any, xyz: np.ndarray, timing: dict) -> di
     ``features=None`` and the kept images, resized to the first kept one's size, as
     ``images`` (I, H, W, 3) uint8 for the teacher stage."""
     cfg = job.config
+    sel = _select(scene, cfg)
+    dropped = list(sel.dropped)
+    views = _correspond(
+        sel.frames,
+        xyz,
+        spec=_teacher_spec(job),
+        ccfg=cfg.correspond_config(),
+        dropped=dropped,
+        timing=timing,
+    )
+    _require_a_view(views, n_selected=len(sel.frames), dropped=dropped)
+    counts = np.array([len(p) for p in views.points], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    kept = views.frames
+    frames_info = sel.to_dict()
+    frames_info.update(selected=[f.name for f in kept], dropped=[list(d) for d in dropped])
+    ref_hw, grid_hw = views.ref_hw, views.grid_hw
+    return dict(
+        features=None,
+        images=np.stack(views.images),
+        K=np.stack([np.asarray(f.K) for f in kept]).astype(np.float32),
+        c2w=np.stack([np.asarray(f.c2w) for f in kept]).astype(np.float32),
+        image_size=np.array([[f.width, f.height] for f in kept], dtype=np.int32),
+        image_names=[f.name for f in kept],
+        corr_point=np.concatenate(views.points).astype(np.int32),
+        corr_image=np.repeat(np.arange(len(kept), dtype=np.int16), counts),
+        corr_uv=np.concatenate(views.uvs).astype(np.float32),
+        corr_offsets=offsets,
+        frames_info=frames_info,
+        grid=list(grid_hw),
+        reference_size=[int(ref_hw[1]), int(ref_hw[0])],
+    )
+
+
+def _select(scene: Any, cfg: PrepConfig) -> FrameSelection:
+    """The frames the image policy picks; none at all is a scene failure."""
     if not scene.frames:
         raise SceneFailure(
             "no image: the reader found no frames for this scene (KD needs posed images; "
             "check the image folders, or pass --no-images for a points-only cache)"
         )
     sel = select_frames(scene.frames, cfg.image_policy(), scene.id)
-    dropped = list(sel.dropped)
     if not sel.frames:
         raise SceneFailure(
             f"no valid frame: all {sel.available} frames were dropped "
-            f"({'; '.join(f'{n}: {r}' for n, r in dropped[:3])})"
+            f"({'; '.join(f'{n}: {r}' for n, r in list(sel.dropped)[:3])})"
         )
-    spec = _teacher_spec(job)
-    ccfg = cfg.correspond_config()
-    kept, points, uvs, images = [], [], [], []
-    ref_hw = grid_hw = None
+    return sel
+
+
+@dataclass
+class _Views:
+    """The selected frames kept for the teacher: images at one size, their correspondences."""
+
+    frames: list = field(default_factory=list)
+    points: list = field(default_factory=list)  # per frame: indices of the points it sees
+    uvs: list = field(default_factory=list)  # per frame: their teacher-grid coordinates
+    images: list = field(default_factory=list)  # colour, resized to ref_hw
+    ref_hw: tuple | None = None  # the first kept frame's colour size
+    grid_hw: tuple | None = None  # the teacher's feature grid at that size
+
+
+def _correspond(
+    frames: list,
+    xyz: np.ndarray,
+    *,
+    spec: TeacherSpec,
+    ccfg: CorrespondConfig,
+    dropped: list,
+    timing: dict,
+) -> _Views:
+    """Load each frame and find the points it sees; an unreadable frame or one that sees no
+    point is appended to ``dropped`` with the reason (never skipped quietly)."""
+    views = _Views()
     t_load = t_corr = 0.0
-    for f in sel.frames:
+    for f in frames:
         t0 = time.perf_counter()
         try:
             color = f.load_color()
@@ -165,46 +228,34 @@ def _images_part(job: SceneJob, scene: Any, xyz: np.ndarray, timing: dict) -> di
         if len(idx) == 0:
             dropped.append((f.name, _BLIND))
             continue
-        if ref_hw is None:
-            ref_hw = color.shape[:2]
-            grid_hw = grid_size(spec, *ref_hw)
-        if color.shape[:2] != ref_hw:
-            color = _resize(color, ref_hw)
-        images.append(color)
-        kept.append(f)
-        points.append(idx)
-        uvs.append(pixel_to_grid(uv, (f.width, f.height), (grid_hw[1], grid_hw[0])))
+        if views.ref_hw is None:
+            views.ref_hw = color.shape[:2]
+            views.grid_hw = grid_size(spec, *views.ref_hw)
+        if color.shape[:2] != views.ref_hw:
+            color = _resize(color, views.ref_hw)
+        grid_hw = views.grid_hw
+        views.images.append(color)
+        views.frames.append(f)
+        views.points.append(idx)
+        views.uvs.append(pixel_to_grid(uv, (f.width, f.height), (grid_hw[1], grid_hw[0])))
     timing.update(load_images=t_load, correspond=t_corr)
+    return views
+
+
+def _require_a_view(views: _Views, *, n_selected: int, dropped: list) -> None:
+    """A scene none of whose selected frames is usable fails, saying why."""
+    if views.frames:
+        return
     blind = [n for n, r in dropped if r == _BLIND]
-    if not kept and len(blind) == len(sel.frames):
+    if len(blind) == n_selected:
         raise SceneFailure(
-            f"zero correspondences: none of the {len(sel.frames)} selected frames sees a point "
+            f"zero correspondences: none of the {n_selected} selected frames sees a point "
             "of the scene (wrong poses, or points and poses in different frames: check the "
             "reader's alignment options)"
         )
-    if not kept:
-        raise SceneFailure(
-            f"no valid frame: none of the {len(sel.frames)} selected frames could be used "
-            f"({'; '.join(f'{n}: {r}' for n, r in dropped[:3])})"
-        )
-    counts = np.array([len(p) for p in points], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    frames_info = sel.to_dict()
-    frames_info.update(selected=[f.name for f in kept], dropped=[list(d) for d in dropped])
-    return dict(
-        features=None,
-        images=np.stack(images),
-        K=np.stack([np.asarray(f.K) for f in kept]).astype(np.float32),
-        c2w=np.stack([np.asarray(f.c2w) for f in kept]).astype(np.float32),
-        image_size=np.array([[f.width, f.height] for f in kept], dtype=np.int32),
-        image_names=[f.name for f in kept],
-        corr_point=np.concatenate(points).astype(np.int32),
-        corr_image=np.repeat(np.arange(len(kept), dtype=np.int16), counts),
-        corr_uv=np.concatenate(uvs).astype(np.float32),
-        corr_offsets=offsets,
-        frames_info=frames_info,
-        grid=list(grid_hw),
-        reference_size=[int(ref_hw[1]), int(ref_hw[0])],
+    raise SceneFailure(
+        f"no valid frame: none of the {n_selected} selected frames could be used "
+        f"({'; '.join(f'{n}: {r}' for n, r in dropped[:3])})"
     )
 
 

@@ -311,6 +311,59 @@ def _arch_text(entry: _Entry) -> str:
     return entry.arch + "(" + ",".join(f"{k}={v}" for k, v in entry.overrides) + ")"
 
 
+def _checked_entry(
+    name: str, weights: str | Path | None, *, random_init: bool, centre: bool
+) -> _Entry:
+    """The registry entry of ``name``, refusing option combinations that do not apply to it
+    (a real teacher without weights is a user error that names the file to pass)."""
+    if name not in TEACHERS:
+        raise ValueError(f"unknown teacher {name!r}; known: {', '.join(sorted(TEACHERS))}")
+    entry = TEACHERS[name]
+    if not centre and entry.kind != "randconv":
+        raise ValueError("centre=False applies to randconv-demo only")
+    demo = entry.kind in ("randconv", "noise")
+    if weights is not None and (random_init or demo):
+        raise ValueError(f"teacher {name} takes no weights file here (random_init or a demo)")
+    if weights is None and entry.needs_weights and not random_init:
+        raise DatasetError(
+            f"teacher {name} needs its weights; they are never downloaded",
+            fix=f"pass --teacher-weights FILE with the {entry.arch} checkpoint "
+            "(official *_pretrain.pth, timm/HF .safetensors or a plain state dict)",
+        )
+    return entry
+
+
+def _build_module(
+    entry: _Entry, name: str, weights: str | Path | None, *, centre: bool
+) -> tuple[nn.Module, str | None]:
+    """The encoder (a demo teacher, a seeded random ViT, or a ViT loaded strictly from
+    ``weights``) and the weights file's sha256 (None without a file)."""
+    if entry.kind == "randconv":
+        from tttkd.pipeline.teacher_backbones import RandConvDemo
+
+        return RandConvDemo(seed=0, centre=centre, dim=entry.dim), None
+    if entry.kind == "noise":
+        from tttkd.pipeline.teacher_backbones import NoiseDemo
+
+        return NoiseDemo(seed=0, dim=entry.dim), None
+    if weights is None:
+        return _build_timm(entry, on_meta=False)[1], None
+    from tttkd.pipeline.teacher_weights import file_sha256, load_strict, read_state_dict
+
+    state = read_state_dict(weights, name)
+    model, module = _build_timm(entry, on_meta=True)
+    load_strict(
+        model,
+        state,
+        filter_fn=_checkpoint_filter(entry),
+        file=weights,
+        who=f"{name} ({_arch_text(entry)})",
+        check_grid=entry.kind != "sam",
+    )
+    model.float()
+    return module, file_sha256(weights)
+
+
 def load_teacher(
     name: str,
     weights: str | Path | None = None,
@@ -331,50 +384,13 @@ def load_teacher(
     compile: wrap the encoder in ``torch.compile`` (off by default; unmeasured).
     centre: `randconv-demo` only: subtract each image's mean feature before normalising.
     """
-    if name not in TEACHERS:
-        raise ValueError(f"unknown teacher {name!r}; known: {', '.join(sorted(TEACHERS))}")
-    entry = TEACHERS[name]
-    if not centre and entry.kind != "randconv":
-        raise ValueError("centre=False applies to randconv-demo only")
+    entry = _checked_entry(name, weights, random_init=random_init, centre=centre)
     demo = entry.kind in ("randconv", "noise")  # no weights at all; cheap and exact in fp32
-    if weights is not None and (random_init or demo):
-        raise ValueError(f"teacher {name} takes no weights file here (random_init or a demo)")
-    if weights is None and entry.needs_weights and not random_init:
-        raise DatasetError(
-            f"teacher {name} needs its weights; they are never downloaded",
-            fix=f"pass --teacher-weights FILE with the {entry.arch} checkpoint "
-            "(official *_pretrain.pth, timm/HF .safetensors or a plain state dict)",
-        )
     device = torch.device(device)
     size = entry.default_image_size if image_size is None else int(image_size)
     if size < 0:
         raise ValueError(f"image_size must be >= 0, got {size}")
-    sha = None
-    if entry.kind == "randconv":
-        from tttkd.pipeline.teacher_backbones import RandConvDemo
-
-        module: nn.Module = RandConvDemo(seed=0, centre=centre, dim=entry.dim)
-    elif entry.kind == "noise":
-        from tttkd.pipeline.teacher_backbones import NoiseDemo
-
-        module = NoiseDemo(seed=0, dim=entry.dim)
-    elif weights is None:
-        _, module = _build_timm(entry, on_meta=False)
-    else:
-        from tttkd.pipeline.teacher_weights import file_sha256, load_strict, read_state_dict
-
-        state = read_state_dict(weights, name)
-        model, module = _build_timm(entry, on_meta=True)
-        load_strict(
-            model,
-            state,
-            filter_fn=_checkpoint_filter(entry),
-            file=weights,
-            who=f"{name} ({_arch_text(entry)})",
-            check_grid=entry.kind != "sam",
-        )
-        model.float()
-        sha = file_sha256(weights)
+    module, sha = _build_module(entry, name, weights, centre=centre)
     spec = TeacherSpec(
         name=name,
         arch=_arch_text(entry),

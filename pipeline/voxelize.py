@@ -114,6 +114,58 @@ def _linear_keys(cols: list[np.ndarray]) -> np.ndarray:
     return ((cols[0] - lo[0]) * dims[1] + (cols[1] - lo[1])) * dims[2] + (cols[2] - lo[2])
 
 
+def _empty(label: np.ndarray | None) -> Voxelization:
+    return Voxelization(
+        keep=np.zeros(0, dtype=np.int64),
+        voxel_of_point=np.zeros(0, dtype=np.int32),
+        grid_coord=np.zeros((0, 3), dtype=np.int32),
+        counts=np.zeros(0, dtype=np.int32),
+        label=None if label is None else np.zeros(0, dtype=np.int16),
+    )
+
+
+@dataclass(frozen=True)
+class _Partition:
+    """Points grouped by voxel: one sort of the keys, no per-voxel Python loop."""
+
+    order: np.ndarray  # int64 [P]: points sorted by voxel key
+    starts: np.ndarray  # int64 [V]: where each voxel's run starts in ``order``
+    voxel_sorted: np.ndarray  # int32 [P]: voxel id of each sorted point
+    voxel_of_point: np.ndarray  # int32 [P]: voxel id of each input point
+    counts: np.ndarray  # int32 [V]
+
+
+def _partition(key: np.ndarray) -> _Partition:
+    p = len(key)
+    order = np.argsort(key)  # any sort: ties inside a voxel are resolved explicitly later
+    sorted_key = key[order]
+    is_start = np.empty(p, dtype=bool)
+    is_start[0] = True
+    np.not_equal(sorted_key[1:], sorted_key[:-1], out=is_start[1:])
+    starts = np.flatnonzero(is_start)
+    voxel_sorted = np.cumsum(is_start, dtype=np.int32) - 1
+    voxel_of_point = np.empty(p, dtype=np.int32)
+    voxel_of_point[order] = voxel_sorted
+    counts = np.diff(np.append(starts, p)).astype(np.int32)
+    return _Partition(order, starts, voxel_sorted, voxel_of_point, counts)
+
+
+def _nearest_to_centre(
+    scaled: list[np.ndarray], cols: list[np.ndarray], part: _Partition
+) -> np.ndarray:
+    """Per voxel, the point with the smallest squared distance to the voxel centre (voxel
+    units), the lowest index among equals: independent of the sort's tie order."""
+    p = len(part.order)
+    d2 = np.zeros(p, dtype=np.float64)
+    for q, g in zip(scaled, cols):
+        d = q - g - 0.5
+        d2 += d * d
+    d2 = d2[part.order]
+    d2_min = np.minimum.reduceat(d2, part.starts)
+    cand = np.where(d2 == d2_min[part.voxel_sorted], part.order, p)
+    return np.minimum.reduceat(cand, part.starts).astype(np.int64)
+
+
 def voxelize(
     xyz: np.ndarray,
     voxel_size: float,
@@ -129,50 +181,23 @@ def voxelize(
     if label_mode not in ("representative", "majority"):
         raise ValueError(f"label_mode must be 'representative' or 'majority', not {label_mode!r}")
     if p == 0:
-        return Voxelization(
-            keep=np.zeros(0, dtype=np.int64),
-            voxel_of_point=np.zeros(0, dtype=np.int32),
-            grid_coord=np.zeros((0, 3), dtype=np.int32),
-            counts=np.zeros(0, dtype=np.int32),
-            label=None if label is None else np.zeros(0, dtype=np.int16),
-        )
+        return _empty(label)
     scaled = _scaled_columns(xyz, voxel_size)
     cols = [np.floor(q).astype(np.int64) for q in scaled]
-    key = _linear_keys(cols)
-    order = np.argsort(key)  # any sort: ties inside a voxel are resolved explicitly below
-    sorted_key = key[order]
-    is_start = np.empty(p, dtype=bool)
-    is_start[0] = True
-    np.not_equal(sorted_key[1:], sorted_key[:-1], out=is_start[1:])
-    starts = np.flatnonzero(is_start)
-    voxel_sorted = np.cumsum(is_start, dtype=np.int32) - 1  # voxel id of each sorted point
-    voxel_of_point = np.empty(p, dtype=np.int32)
-    voxel_of_point[order] = voxel_sorted
-    counts = np.diff(np.append(starts, p)).astype(np.int32)
-
-    # squared distance to the voxel centre (voxel units); its minimum per voxel; the lowest
-    # index among the minima
-    d2 = np.zeros(p, dtype=np.float64)
-    for q, g in zip(scaled, cols):
-        d = q - g - 0.5
-        d2 += d * d
-    d2 = d2[order]
-    d2_min = np.minimum.reduceat(d2, starts)
-    cand = np.where(d2 == d2_min[voxel_sorted], order, p)
-    keep = np.minimum.reduceat(cand, starts).astype(np.int64)
-
+    part = _partition(_linear_keys(cols))
+    keep = _nearest_to_centre(scaled, cols, part)
     vox_label = None
     if label is not None:
         label = np.asarray(label)
         if label_mode == "representative":
             vox_label = label[keep].astype(np.int16)
         else:
-            vox_label = _majority_label(label, voxel_of_point, len(keep))
+            vox_label = _majority_label(label, part.voxel_of_point, len(keep))
     return Voxelization(
         keep=keep,
-        voxel_of_point=voxel_of_point,
+        voxel_of_point=part.voxel_of_point,
         grid_coord=np.stack([c[keep] for c in cols], axis=1).astype(np.int32),
-        counts=counts,
+        counts=part.counts,
         label=vox_label,
     )
 
