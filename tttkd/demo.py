@@ -41,6 +41,12 @@ class DemoSettings:
     source_scenes: int = 16
     target_scenes: int = 6
     voxel_size: float = 0.1  # coarser than the 4 cm default so the demo runs on 2 CPU cores
+    # The cache's point grid: voxel/2, not the product's voxel/4 (a fixed size, for run time).
+    # Unrotated views (TTT, evaluation) get exactly the same voxels (the grids nest); rotated and
+    # scaled training views keep 96.8% of voxel/4's voxels (min 92.7%; 32 random views of the 2
+    # development rooms), from 2.4x fewer stored points and pairs (python -m
+    # benchmarks.bench_demo_grid).
+    point_voxel_size: float = 0.05
     arch: str = "minkunet_test"
     epochs: int = 60
     batch_size: int = 2
@@ -50,6 +56,9 @@ class DemoSettings:
     # always reported next to it. ttt_lr set (--ttt-lr): that value, no choice made.
     ttt_lr: float | None = None
     lr_candidates: tuple[float, ...] = (0.3, 1.0)
+    # TTT-MAE's lr, chosen the same way on the development rooms (its own model, its own loss):
+    # at TTT-KD's lr 1.0 it diverged on every target room. A decade grid fixed beforehand.
+    mae_lr_candidates: tuple[float, ...] = (0.01, 0.1, 1.0)
     # 2 rooms keep make demo near 15 min on 2 cores (each costs 2 x steps TTT-KD steps here)
     dev_scenes: int = 2
     sweep_steps: tuple[int, ...] = (0, 10, 30, 100)
@@ -131,6 +140,7 @@ def run_demo(out: Path, s: DemoSettings, *, progress: bool = True) -> dict:
                 out=str(out / f"{name}.zarr"),
                 teacher="randconv-demo",
                 voxel_size=s.voxel_size,
+                point_voxel_size=s.point_voxel_size,
             )
             report = run_prep(cfg, executor, progress=progress)
             if report.exit_code:
@@ -171,7 +181,7 @@ def run_demo(out: Path, s: DemoSettings, *, progress: bool = True) -> dict:
         checkpoints[name] = ckpt
     _done(t0)
 
-    t0 = _stage(f"4/6 choose the TTT lr on the {s.dev_scenes} development rooms")
+    t0 = _stage(f"4/6 choose the TTT lrs on the {s.dev_scenes} development rooms")
     base = AdaptConfig(
         methods=("source", "bn", "tent", "adacontrast", "ttt-kd-online", "ttt-kd"),
         steps=s.steps,
@@ -180,7 +190,13 @@ def run_demo(out: Path, s: DemoSettings, *, progress: bool = True) -> dict:
         seed=s.seed,
         save_predictions=True,
     )
-    lr, dev_miou = _choose_lr(s, base, caches["dev"], checkpoints["joint"], out / "dev_sweep")
+    lr, dev_miou = _choose_lr(
+        s, base, "ttt-kd", s.lr_candidates, caches["dev"], checkpoints["joint"], out / "dev_sweep"
+    )
+    mae_lr, mae_dev_miou = _choose_lr(
+        s, base, "ttt-mae", s.mae_lr_candidates, caches["dev"], checkpoints["mae"],
+        out / "dev_sweep_mae",
+    )  # fmt: skip
     base = replace(base, lr=lr)
     _done(t0)
 
@@ -198,7 +214,7 @@ def run_demo(out: Path, s: DemoSettings, *, progress: bool = True) -> dict:
     ).to_dict()
     write_report(src_only, out / "adapt" / "source_only")
     mae_run = run_adaptation(
-        replace(base, methods=("source", "ttt-mae")),
+        replace(base, methods=("source", "ttt-mae"), lr=mae_lr),
         caches["target"],
         checkpoints["mae"],
         out=out / "adapt" / "ttt_mae",
@@ -223,7 +239,7 @@ def run_demo(out: Path, s: DemoSettings, *, progress: bool = True) -> dict:
             progress=progress,
         ).to_dict()
         write_report(paper_lr, out / "adapt" / "joint_paper_lr", plots=False)
-    rows = _table_rows(src_only, joint, mae_run, lr, paper_lr)
+    rows = _table_rows(src_only, joint, mae_run, lr, paper_lr, mae_lr)
     no_shift = clean["methods"]["source"]["overall"]["miou"]
     _done(t0)
 
@@ -249,12 +265,20 @@ def run_demo(out: Path, s: DemoSettings, *, progress: bool = True) -> dict:
 
     summary = {
         "settings": s.__dict__
-        | {"sweep_steps": list(s.sweep_steps), "lr_candidates": list(s.lr_candidates)},
+        | {
+            "sweep_steps": list(s.sweep_steps),
+            "lr_candidates": list(s.lr_candidates),
+            "mae_lr_candidates": list(s.mae_lr_candidates),
+        },
         "ttt_lr": {
             "chosen": lr,
             "chosen_on": "development rooms" if s.ttt_lr is None else "--ttt-lr (given)",
             "dev_rooms": s.dev_scenes,
             "dev_miou": {f"{k:g}": v for k, v in dev_miou.items()},
+            "ttt_mae": {
+                "chosen": mae_lr,
+                "dev_miou": {f"{k:g}": v for k, v in mae_dev_miou.items()},
+            },
         },
         "miou": {r[0]: r[1] for r in rows},
         "source_only_without_shift": no_shift,
@@ -271,7 +295,13 @@ def run_demo(out: Path, s: DemoSettings, *, progress: bool = True) -> dict:
         if dev_miou
         else "given with --ttt-lr"
     )
-    click.echo(f"\nTTT lr {lr:g} ({chosen}); the target rooms never chose a setting")
+    mae_chosen = (
+        ", ".join(f"lr {k:g} -> {100 * v:.1f}" for k, v in mae_dev_miou.items())
+        if mae_dev_miou
+        else "given with --ttt-lr"
+    )
+    click.echo(f"\nTTT lr {lr:g} ({chosen}); TTT-MAE lr {mae_lr:g} ({mae_chosen})")
+    click.echo("the target rooms never chose a setting")
     click.secho("\nmIoU on the shifted target domain (ScanNet-format synthetic rooms)", bold=True)
     click.echo(_format_rows(rows))
     click.echo(
@@ -303,28 +333,34 @@ def _with_point(rows: list, joint: dict, steps: int, out: Path) -> list:
 
 
 def _choose_lr(
-    s: DemoSettings, base: AdaptConfig, dev_cache: str, checkpoint: Path, out: Path
+    s: DemoSettings,
+    base: AdaptConfig,
+    method: str,
+    candidates: tuple[float, ...],
+    dev_cache: str,
+    checkpoint: Path,
+    out: Path,
 ) -> tuple[float, dict[float, float]]:
-    """The TTT-KD lr with the best mIoU on the development rooms (ties: first candidate)."""
+    """``method``'s lr with the best mIoU on the development rooms (ties: first candidate)."""
     from tttkd.adapt.sweep import run_sweeps
 
     if s.ttt_lr is not None:
-        click.echo(f"   given: lr {s.ttt_lr:g} (--ttt-lr); no choice made")
+        click.echo(f"   {method}: given lr {s.ttt_lr:g} (--ttt-lr); no choice made")
         return s.ttt_lr, {}
     points = run_sweeps(
-        replace(base, methods=("ttt-kd",), save_predictions=False),
+        replace(base, methods=(method,), save_predictions=False),
         dev_cache,
         str(checkpoint),
         out,
         ["lr"],
-        values={"lr": list(s.lr_candidates)},
+        values={"lr": list(candidates)},
         echo=lambda *_: None,
     )
     miou = {float(p.value): float(p.miou or 0.0) for p in points if p.sweep == "lr"}
-    best = max(s.lr_candidates, key=lambda v: miou[float(v)])
+    best = max(candidates, key=lambda v: miou[float(v)])
     for v, m in miou.items():
-        click.echo(f"   lr {v:g}: TTT-KD {100 * m:.1f} mIoU on the development rooms")
-    click.echo(f"   chosen: lr {best:g}")
+        click.echo(f"   {method} lr {v:g}: {100 * m:.1f} mIoU on the development rooms")
+    click.echo(f"   {method}: chosen lr {best:g}")
     return float(best), miou
 
 
@@ -334,6 +370,7 @@ def _table_rows(
     mae: dict,
     lr: float = PAPER_LR,
     paper_lr: dict | None = None,
+    mae_lr: float = PAPER_LR,
 ) -> list[tuple[str, float]]:
     rows = [("source-only (no KD)", src_only["methods"]["source"]["overall"]["miou"])]
     names = {
@@ -347,7 +384,7 @@ def _table_rows(
     for key, label in names.items():
         rows.append((label, joint["methods"][key]["overall"]["miou"]))
     rows.append(("L_Y + L_MAE model", mae["methods"]["source"]["overall"]["miou"]))
-    rows.append((f"TTT-MAE (lr {lr:g})", mae["methods"]["ttt-mae"]["overall"]["miou"]))
+    rows.append((f"TTT-MAE (lr {mae_lr:g})", mae["methods"]["ttt-mae"]["overall"]["miou"]))
     if paper_lr is not None and lr != PAPER_LR:
         rows.append(
             (
