@@ -39,3 +39,32 @@ def test_train_and_adapt_count_the_incomplete_scenes_they_skip(tmp_path):
     assert ds.scene_ids == ["a", "c"]
     with pytest.warns(IncompleteScenesWarning, match="1 incomplete scene"):
         assert select_scenes(Cache.open(url, read_only=True), AdaptConfig()) == ["a", "c"]
+
+
+@pytest.mark.parametrize("dashboard", [False, True])
+def test_the_dask_dashboard_is_off_unless_asked_for(monkeypatch, dashboard):
+    """The scheduler's web server stays up for /health, but serves the dashboard (/status)
+    only with --dashboard; it listens on 127.0.0.1 either way."""
+    import urllib.error
+    import urllib.request
+
+    from distributed import Client
+
+    from tttkd.pipeline import cluster
+
+    monkeypatch.setattr(cluster, "worker_specs", lambda *a, **k: {})  # no worker processes
+    local = cluster.local_cluster(1, dashboard=dashboard)
+    try:
+        with Client(local) as client:
+            port = client.scheduler_info()["services"]["dashboard"]
+            codes = {}
+            for path in ("/health", "/status"):
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
+                        codes[path] = r.status
+                except urllib.error.HTTPError as e:
+                    codes[path] = e.code
+        assert local.scheduler_address.startswith("tcp://127.0.0.1:")
+    finally:
+        local.close()
+    assert codes == {"/health": 200, "/status": 200 if dashboard else 404}
