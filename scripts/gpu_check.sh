@@ -64,13 +64,20 @@ step_env() {
                 "access, then carry [\".whl\", \".whl-xz\"] with the device call" >&2
             return 1
         }
-        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-            --target "$GPU_CHECK_SITE" .whl/*.whl || return 1
-        for a in .whl-xz/*.tar.xz; do
-            [[ -e "$a" ]] || continue
-            echo "unpacking $a into $GPU_CHECK_SITE"
-            tar -xJf "$a" -C "$GPU_CHECK_SITE" || return 1
-        done
+        local stamp="$GPU_CHECK_SITE/.gpu_check_installed" want
+        want=$(ls -l .whl .whl-xz 2>/dev/null | md5sum)
+        if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+            echo "wheels already installed in $GPU_CHECK_SITE (a rerun on a warm machine)"
+        else
+            "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+                --target "$GPU_CHECK_SITE" .whl/*.whl || return 1
+            for a in .whl-xz/*.tar.xz; do
+                [[ -e "$a" ]] || continue
+                echo "unpacking $a into $GPU_CHECK_SITE"
+                tar -xJf "$a" -C "$GPU_CHECK_SITE" || return 1
+            done
+            echo "$want" >"$stamp"
+        fi
     fi
     "$PY" - "$REPO" "$SHIM" <<'EOF' || return 1
 """`import tttkd` from the checkout without installing it: the tree pyproject's package-dir
@@ -94,7 +101,10 @@ for pkg, d in dirs.items():
         sys.exit(f"package-dir maps the nested package {pkg}: extend gpu_check.sh's shim")
 sys.path.insert(0, str(shim))
 for pkg in tool["packages"]:
-    mod = importlib.import_module(pkg)
+    try:
+        mod = importlib.import_module(pkg)
+    except Exception as err:  # one line naming the package and the missing piece
+        sys.exit(f"cannot import {pkg}: {type(err).__name__}: {err}")
     if not Path(mod.__file__).is_relative_to(shim):
         sys.exit(f"{pkg} was imported from {mod.__file__}, not from the checkout")
 print(f"tttkd imports from the checkout through {root} ({len(tool['packages'])} packages)")
