@@ -8,8 +8,9 @@
 # safetensors, numpy, pyyaml, click, psutil, ... (/work/.library/device/KINDS.md lists them);
 # it has no zarr, numcodecs, dask, distributed, plyfile, spconv or cumm. Versions: those of
 # requirements-dev.txt for the packages named there (one source of truth), the .venv's for the
-# dependencies it does not name. spconv: the cu126 build (the newest CUDA variant of spconv
-# 2.3.8; a CUDA 13 driver runs CUDA 12 binaries); cumm likewise.
+# dependencies it does not name. spconv: the cu126 build, the newest CUDA variant of spconv
+# 2.3.8 (none for CUDA 13; a CUDA 13 driver runs CUDA 12 binaries), with cumm-cu126 0.7.x
+# (cumm-cu128 exists only as 0.8.x, which spconv 2.3.8 refuses: it needs cumm < 0.8).
 #
 # spconv-cu126 (~70 MB) and cumm-cu126 (~27 MB) exceed what one device call carries (64 MiB
 # with the repo), so they are unpacked and re-packed as .tar.xz in .whl-xz/ (gpu_check.sh
