@@ -171,6 +171,58 @@ def fit_pca_if_needed(cache: Any, plan: Plan, config: PrepConfig, echo: Callable
     echo(f"pca: {k} components fitted on {len(samples)} scenes ({kept:.1%} of the variance)")
 
 
+def _complete_scenes(config: PrepConfig) -> set[str]:
+    """The scenes an existing cache already holds complete (none when there is no cache)."""
+    from tttkd.pipeline.cache import Cache, CacheError
+
+    try:
+        cache = Cache.open(config.out, read_only=True, storage_options=config.storage_options)
+        return set(cache.scene_ids())
+    except CacheError:
+        return set()
+
+
+@dataclass
+class _Sample:
+    """What the dry run measured on the scenes it ran through the CPU stage."""
+
+    bytes: list[int] = field(default_factory=list)  # estimated cache bytes per scene
+    cpu_s: list[float] = field(default_factory=list)
+    images: list[int] = field(default_factory=list)
+    pixels: list[np.ndarray] = field(default_factory=list)  # up to 8 images for the teacher
+
+
+def _sample_scene(job: SceneJob, teacher: Any, sample: _Sample, echo: Callable) -> None:
+    """Run one scene through the CPU stage and add its size and time to ``sample`` (a scene
+    that fails is reported and left out)."""
+    t0 = time.perf_counter()
+    try:
+        rec, _, imgs = build_record(job)  # the CPU stage of prep, exactly
+    except Exception as e:
+        echo(f"  {job.scene_id}: cannot be prepared ({_one_line(e)}); not sampled")
+        return
+    sample.cpu_s.append(time.perf_counter() - t0)
+    n_img = 0 if imgs is None else len(imgs)
+    sample.images.append(n_img)
+    if imgs is not None:
+        sample.pixels.extend(imgs[: max(0, 8 - len(sample.pixels))])
+    grid = tuple(rec.attrs["feature_grid"])
+    b = estimate_scene_bytes(
+        full_points=len(rec.full_label),
+        voxels=rec.num_points,
+        images=n_img,
+        pairs=rec.num_corr,
+        grid_hw=grid,
+        dim=0 if teacher is None else teacher.spec.dim,
+    )
+    sample.bytes.append(b)
+    echo(
+        f"  {job.scene_id}: {len(rec.full_label)} points -> {rec.num_points} stored, "
+        f"{n_img} images at grid {grid[0]}x{grid[1]}, {rec.num_corr} pairs: {_mb(b)}; "
+        f"CPU stage {sample.cpu_s[-1]:.2f} s"
+    )
+
+
 def dry_run(
     config: PrepConfig,
     echo: Callable[[str], None] = print,
@@ -179,17 +231,8 @@ def dry_run(
 ) -> dict:
     """Scene count, an estimated (uncompressed) cache size and the expected hours with
     ``workers`` CPU workers, from ``sample`` scenes run through the CPU stage here."""
-    from tttkd.pipeline.cache import Cache, CacheError
-
     check_images(config)
-    try:
-        complete = set(
-            Cache.open(
-                config.out, read_only=True, storage_options=config.storage_options
-            ).scene_ids()
-        )
-    except CacheError:
-        complete = set()
+    complete = _complete_scenes(config)
     plan = list_and_plan(config, complete if not config.overwrite else set(), None, "")
     n = len(plan.jobs)
     echo(
@@ -200,46 +243,26 @@ def dry_run(
         return {"scenes": 0, "skipped": len(plan.skipped), "bytes": 0}
     teacher = None if config.no_images else get_teacher(SceneJob("", config))
     spec = None if teacher is None else teacher.spec.to_dict()
-    picks = sorted({int(i) for i in np.linspace(0, n - 1, min(sample, n))})
-    per_scene, cpu_s, images, sample_images = [], [], [], []
-    for i in picks:
+    measured = _Sample()
+    for i in sorted({int(i) for i in np.linspace(0, n - 1, min(sample, n))}):
         job = SceneJob(plan.jobs[i].scene_id, config, teacher_spec=spec)
-        t0 = time.perf_counter()
-        try:
-            rec, _, imgs = build_record(job)  # the CPU stage of prep, exactly
-        except Exception as e:
-            echo(f"  {job.scene_id}: cannot be prepared ({_one_line(e)}); not sampled")
-            continue
-        cpu_s.append(time.perf_counter() - t0)
-        n_img = 0 if imgs is None else len(imgs)
-        images.append(n_img)
-        if imgs is not None:
-            sample_images.extend(imgs[: max(0, 8 - len(sample_images))])
-        grid = tuple(rec.attrs["feature_grid"])
-        b = estimate_scene_bytes(
-            full_points=len(rec.full_label),
-            voxels=rec.num_points,
-            images=n_img,
-            pairs=rec.num_corr,
-            grid_hw=grid,
-            dim=0 if teacher is None else teacher.spec.dim,
-        )
-        per_scene.append(b)
-        echo(
-            f"  {job.scene_id}: {len(rec.full_label)} points -> {rec.num_points} stored, "
-            f"{n_img} images at grid {grid[0]}x{grid[1]}, {rec.num_corr} pairs: {_mb(b)}; "
-            f"CPU stage {cpu_s[-1]:.2f} s"
-        )
-    if not per_scene:
+        _sample_scene(job, teacher, measured, echo)
+    if not measured.bytes:
         echo("no sampled scene could be prepared: no estimate (see the reasons above)")
         return {"scenes": n, "skipped": len(plan.skipped), "bytes": 0}
-    est = int(np.mean(per_scene) * n)
+    est = int(np.mean(measured.bytes) * n)
     echo(
         f"estimated cache size: {_mb(est)} uncompressed for {n} scenes "
-        f"({_mb(int(np.mean(per_scene)))} per scene; zstd typically saves 10-30% on features)"
+        f"({_mb(int(np.mean(measured.bytes)))} per scene; zstd typically saves 10-30% on "
+        "features)"
     )
     speed = estimate_hours(
-        n, float(np.mean(images)) * n, float(np.mean(cpu_s)), teacher, sample_images, workers
+        n,
+        float(np.mean(measured.images)) * n,
+        float(np.mean(measured.cpu_s)),
+        teacher,
+        measured.pixels,
+        workers,
     )
     echo(speed.pop("text"))
     return {"scenes": n, "skipped": len(plan.skipped), "bytes": est, **speed}
@@ -326,24 +349,43 @@ def run_prep(
     try:
         with executor:
             for res in executor.prep(plan.jobs, task_images(config, executor)):
-                _account(report, res)
-                if res.status == "failed":
-                    _save_failures(report, config, run_id)
-                    bar.write(f"FAILED {res.scene_id}: {res.reason.splitlines()[0]}")
-                bar.update(1)
-                elapsed = time.perf_counter() - t_start
-                bar.set_postfix(
-                    done=len(report.done),
-                    failed=len(report.failed),
-                    skipped=len(report.skipped),
-                    img_s=f"{report.images / max(elapsed, 1e-9):.2f}",
-                )
+                _record_result(report, res, bar, config=config, run_id=run_id, t_start=t_start)
     finally:
         bar.close()
         report.seconds = round(time.perf_counter() - t_start, 3)
         _save_failures(report, config, run_id)
     finish(config, written, len(report.done), len(report.failed), echo)
     report_warnings(config.out, report.results, echo, config.storage_options)
+    _echo_summary(report, echo)
+    return report
+
+
+def _record_result(
+    report: RunReport,
+    res: SceneResult,
+    bar: Any,
+    *,
+    config: PrepConfig,
+    run_id: str,
+    t_start: float,
+) -> None:
+    """Count one finished scene; a failure is saved to the failures list at once (a killed
+    run still leaves it) and printed above the progress bar."""
+    _account(report, res)
+    if res.status == "failed":
+        _save_failures(report, config, run_id)
+        bar.write(f"FAILED {res.scene_id}: {res.reason.splitlines()[0]}")
+    bar.update(1)
+    elapsed = time.perf_counter() - t_start
+    bar.set_postfix(
+        done=len(report.done),
+        failed=len(report.failed),
+        skipped=len(report.skipped),
+        img_s=f"{report.images / max(elapsed, 1e-9):.2f}",
+    )
+
+
+def _echo_summary(report: RunReport, echo: Callable[[str], None]) -> None:
     echo(
         f"done {len(report.done)}, failed {len(report.failed)}, skipped {len(report.skipped)} "
         f"in {report.seconds:.1f} s ({report.images} images)"
@@ -352,7 +394,6 @@ def run_prep(
         echo(f"failures listed in {report.failures_path}:")
         for f in report.failed:
             echo(f"  {f['scene_id']}: {f['reason'].splitlines()[0]}")
-    return report
 
 
 def _release_device_memory() -> None:
