@@ -5,7 +5,9 @@
 (``(x, y)``; cell (row j, col i) centred at ``(i, j)``; outside the outermost centres the
 edge value is used, i.e. ``grid_sample(align_corners=False, padding_mode="border")``).
 Teacher targets do not change during test-time training: sample them once with
-:func:`sample_teacher` and call :func:`distillation_loss_from_targets` every step.
+:func:`sample_teacher` and call :func:`distillation_loss_from_targets` every step. Training
+and TTT compute the same value from per-row sums of unit targets (``model.teacher_sums``);
+these per-pair functions are its reference.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from torch import Tensor
 __all__ = [
     "distillation_loss",
     "distillation_loss_from_targets",
-    "distillation_loss_per_row",
     "sample_teacher",
     "segmentation_loss",
 ]
@@ -99,30 +100,6 @@ def distillation_loss_from_targets(
         diff = F.normalize(pred, dim=1, eps=1e-8) - F.normalize(targets, dim=1, eps=1e-8)
         return diff.pow(2).sum(1).mean()
     raise ValueError(f"unknown distillation loss {kind!r}; use 'cosine' or 'l2'")
-
-
-def distillation_loss_per_row(
-    kd_pred: Tensor, targets: Tensor, corr_point: Tensor, kind: KDKind = "cosine"
-) -> Tensor:
-    """:func:`distillation_loss_from_targets`'s value, with the pairs summed per row first.
-
-    ``sum_j (1 - cos(p_r(j), t_j)) = M - sum_r unit(p_r) . u_r`` with ``u_r`` the sum of the
-    unit targets of row r's pairs (``l2`` of unit vectors is twice that), so the graph holds
-    one vector per row seen, not per pair: training views carry every fine point of the cache
-    (several pairs per voxel), and the per-pair gather and its backward dominated a step.
-    """
-    m = corr_point.numel()
-    if m == 0:
-        return kd_pred.sum() * 0.0
-    if kind not in ("cosine", "l2"):
-        raise ValueError(f"unknown distillation loss {kind!r}; use 'cosine' or 'l2'")
-    rows, inverse = torch.unique(corr_point, sorted=True, return_inverse=True)
-    with torch.no_grad():
-        unit = F.normalize(targets.float(), dim=1, eps=1e-8)
-        sums = unit.new_zeros((rows.numel(), unit.shape[1])).index_add_(0, inverse, unit)
-    pred = F.normalize(kd_pred.float().index_select(0, rows), dim=1, eps=1e-8)
-    dot = (pred * sums).sum() / m
-    return 1.0 - dot if kind == "cosine" else 2.0 - 2.0 * dot
 
 
 def distillation_loss(
