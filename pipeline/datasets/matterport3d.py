@@ -121,14 +121,7 @@ def load_scene(
     check_frames(frames, ("auto",), "Matterport3D")
     check_max_views(max_views)
     scans = _scans_root(root)
-    m = _SCENE_RE.match(scene_id)
-    if m is None:
-        raise DatasetError(
-            f"bad scene id {scene_id!r}",
-            scene=scene_id,
-            fix="Matterport3D scene ids look like '17DRP5sb8fy/region0' (see list_scenes)",
-        )
-    house, region = m.group(1), int(m.group(2))
+    house, region = _house_region(scene_id)
     ply = _region_ply(scans, house, region, scene_id)
     mapping_path = _find_mapping(scans, category_mapping, scene_id)
     mesh = read_region_ply(ply, scene=scene_id)
@@ -165,6 +158,17 @@ def load_scene(
 
 
 # --------------------------------------------------------------------------- layout
+
+
+def _house_region(scene_id: str) -> tuple[str, int]:
+    m = _SCENE_RE.match(scene_id)
+    if m is None:
+        raise DatasetError(
+            f"bad scene id {scene_id!r}",
+            scene=scene_id,
+            fix="Matterport3D scene ids look like '17DRP5sb8fy/region0' (see list_scenes)",
+        )
+    return m.group(1), int(m.group(2))
 
 
 def _scans_root(root: str | Path) -> Path:

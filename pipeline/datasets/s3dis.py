@@ -316,9 +316,8 @@ def check_complete(room_dir: Path, scene_id: str, object_lines: int, n_files: in
         )
 
 
-def _read_points(
-    room_dir: Path, scene_id: str, unknown_class: str
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+def _annotation_files(room_dir: Path, scene_id: str) -> tuple[Path, list[Path]]:
+    """The room's ``Annotations`` folder and its object files, in natural order."""
     ann = room_dir / "Annotations"
     if not ann.is_dir():
         raise DatasetError(
@@ -331,19 +330,32 @@ def _read_points(
         (f for f in ann.iterdir() if f.suffix == ".txt" and not f.name.startswith(".")),
         key=lambda f: _natural(f.name),
     )
+    return ann, files
+
+
+def _file_class(f: Path, unknown_class: str, scene_id: str) -> int | None:
+    """The train id an object file's name gives its points; None for an unknown class when
+    ``unknown_class="ignore"`` (else that is an error)."""
+    token = f.name.split("_", 1)[0].removesuffix(".txt")
+    tid = class_train_id(token)
+    if tid is None and unknown_class != "ignore":
+        raise DatasetError(
+            f"unknown S3DIS class {token!r} (known: {', '.join(FILE_CLASSES)}, stairs)",
+            file=f,
+            scene=scene_id,
+            fix="remove or rename the file, or pass unknown_class='ignore' to label its points -1",
+        )
+    return tid
+
+
+def _read_points(
+    room_dir: Path, scene_id: str, unknown_class: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    ann, files = _annotation_files(room_dir, scene_id)
     xyz, rgb, label, sources, unknown, skipped, lines_read = [], [], [], [], [], 0, 0
     for f in files:
-        token = f.name.split("_", 1)[0].removesuffix(".txt")
-        tid = class_train_id(token)
+        tid = _file_class(f, unknown_class, scene_id)
         if tid is None:
-            if unknown_class != "ignore":
-                raise DatasetError(
-                    f"unknown S3DIS class {token!r} (known: {', '.join(FILE_CLASSES)}, stairs)",
-                    file=f,
-                    scene=scene_id,
-                    fix="remove or rename the file, or pass unknown_class='ignore' to label "
-                    "its points -1",
-                )
             unknown.append(f.name)
             tid = -1
         cloud = read_xyzrgb(f, scene=scene_id)

@@ -218,41 +218,11 @@ def load_frames(
     frames = []
     skipped = []
     for area_dir, stem in items:
-        data = area_dir / "data"
-        pose_path = data / "pose" / (stem + _SUFFIX["pose"])
-        rgb_path = data / "rgb" / (stem + _SUFFIX["rgb"])
-        depth_path = data / "depth" / (stem + _SUFFIX["depth"])
-        K_file, w2c = read_pose(pose_path, scene=scene)
-        R = w2c[:3, :3]
-        if not (np.isfinite(w2c).all() and np.isfinite(K_file).all()) or not np.allclose(
-            R @ R.T, np.eye(3), atol=1e-3
-        ):
-            skipped.append(pose_path.name)
+        frame = _frame(area_dir, stem, scene)
+        if frame is None:
+            skipped.append(stem + _SUFFIX["pose"])
             continue
-        width, height = _image_size(rgb_path, scene)
-        cx, cy = K_file[0, 2], K_file[1, 2]
-        if abs(cx - width / 2) > 1.0 or abs(cy - height / 2) > 1.0:
-            raise DatasetError(
-                f"RGB image is {width}x{height} but camera_k_matrix has principal point "
-                f"({cx:g}, {cy:g}), i.e. a {2 * cx:g}x{2 * cy:g} image",
-                file=rgb_path,
-                scene=scene,
-                fix=f"use the original (not resized) 2D-3D-S images, or fix {pose_path.name}",
-            )
-        c2w = world_from_area_dir(area_dir) @ np.linalg.inv(w2c)
-        frames.append(
-            Frame(
-                name=stem,
-                K=blender_to_opencv_K(K_file),
-                c2w=c2w,
-                width=int(width),
-                height=int(height),
-                color=ImageRef(str(rgb_path)),
-                depth=ImageRef(str(depth_path)),
-                depth_scale=DEPTH_SCALE,
-                depth_invalid=DEPTH_INVALID,
-            )
-        )
+        frames.append(frame)
     if skipped:
         warnings.warn(
             f"{scene}: skipped {len(skipped)} frame(s) with non-finite or non-rigid poses "
@@ -260,3 +230,39 @@ def load_frames(
             stacklevel=2,
         )
     return frames
+
+
+def _frame(area_dir: Path, stem: str, scene: str | None) -> Frame | None:
+    """One lazy frame, posed in the S3DIS raw area frame; None when its pose is not a finite
+    rigid transform. An image whose size contradicts its K is an error."""
+    data = area_dir / "data"
+    pose_path = data / "pose" / (stem + _SUFFIX["pose"])
+    rgb_path = data / "rgb" / (stem + _SUFFIX["rgb"])
+    depth_path = data / "depth" / (stem + _SUFFIX["depth"])
+    K_file, w2c = read_pose(pose_path, scene=scene)
+    R = w2c[:3, :3]
+    if not (np.isfinite(w2c).all() and np.isfinite(K_file).all()) or not np.allclose(
+        R @ R.T, np.eye(3), atol=1e-3
+    ):
+        return None
+    width, height = _image_size(rgb_path, scene)
+    cx, cy = K_file[0, 2], K_file[1, 2]
+    if abs(cx - width / 2) > 1.0 or abs(cy - height / 2) > 1.0:
+        raise DatasetError(
+            f"RGB image is {width}x{height} but camera_k_matrix has principal point "
+            f"({cx:g}, {cy:g}), i.e. a {2 * cx:g}x{2 * cy:g} image",
+            file=rgb_path,
+            scene=scene,
+            fix=f"use the original (not resized) 2D-3D-S images, or fix {pose_path.name}",
+        )
+    return Frame(
+        name=stem,
+        K=blender_to_opencv_K(K_file),
+        c2w=world_from_area_dir(area_dir) @ np.linalg.inv(w2c),
+        width=int(width),
+        height=int(height),
+        color=ImageRef(str(rgb_path)),
+        depth=ImageRef(str(depth_path)),
+        depth_scale=DEPTH_SCALE,
+        depth_invalid=DEPTH_INVALID,
+    )
