@@ -40,15 +40,17 @@ def prep_process(tiny_prep_options):
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
 def test_a_fifo_in_place_of_an_image_is_named_not_waited_on(root, tmp_path, prep_process):
     colour = sorted((root / "scannet_frames_25k" / "scene0000_00" / "color").glob("*.jpg"))
+    kept = {jpg: jpg.read_bytes() for jpg in colour}
     for jpg in colour:  # every colour image of the first scene is a FIFO now
         jpg.unlink()
         os.mkfifo(jpg)
     try:
         out = tmp_path / "feats.zarr"
         r = prep_process("--root", root, "--cache", out, timeout=120)
-    finally:
-        for jpg in colour:
+    finally:  # the root is the module's: leave it whole
+        for jpg, data in kept.items():
             jpg.unlink()
+            jpg.write_bytes(data)
     text = r.stdout + r.stderr
     assert r.returncode == 1, text
     assert "FAILED scene0000_00" in text and "not a regular file" in text, text
