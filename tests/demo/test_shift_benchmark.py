@@ -18,6 +18,7 @@ import torch
 
 from tttkd.adapt.config import AdaptConfig
 from tttkd.adapt.runner import run_adaptation
+from tttkd.demo import QUICK
 from tttkd.model.config import load_config
 from tttkd.model.train import train
 from tttkd.pipeline.executors import DaskExecutor, SerialExecutor
@@ -40,9 +41,11 @@ NOISE = 0.02
 
 
 def _prep(root, out, teacher, executor):
+    # the demo's point grid (voxel/2, see DemoSettings): 2.4x fewer stored points than voxel/4
     cfg = PrepConfig(
-        dataset="scannet", root=str(root), out=str(out), teacher=teacher, voxel_size=0.1
-    )
+        dataset="scannet", root=str(root), out=str(out), teacher=teacher,
+        voxel_size=QUICK.voxel_size, point_voxel_size=QUICK.point_voxel_size,
+    )  # fmt: skip
     assert run_prep(cfg, executor, progress=False, echo=lambda *_: None).exit_code == 0
     return cfg.out
 
