@@ -83,7 +83,7 @@ def _train_cpu(cache: str, out: Path, epochs: int) -> float:
     return time.process_time() - t0
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     import torch
 
     from tttkd.pipeline.synthetic.benchmark import write_shift_benchmark
@@ -92,7 +92,7 @@ def main() -> None:
     p.add_argument("--views", type=int, default=16, help="random training views per room")
     p.add_argument("--train-scenes", type=int, default=0, help="source rooms to train on (0: no)")
     p.add_argument("--epochs", type=int, default=2)
-    a = p.parse_args()
+    a = p.parse_args(argv)
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
