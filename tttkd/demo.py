@@ -59,7 +59,7 @@ class DemoSettings:
     # TTT-MAE's lr, chosen the same way on the development rooms (its own model, its own loss):
     # at TTT-KD's lr 1.0 it diverged on every target room. A decade grid fixed beforehand.
     mae_lr_candidates: tuple[float, ...] = (0.01, 0.1, 1.0)
-    # 2 rooms keep make demo near 15 min on 2 cores (each costs 2 x steps TTT-KD steps here)
+    # 2 rooms: each costs 2 x steps TTT-KD and 3 x steps TTT-MAE steps here (run time)
     dev_scenes: int = 2
     sweep_steps: tuple[int, ...] = (0, 10, 30, 100)
     # TTT-MAE's mask patch: MSC's 10 cm patch is 5 voxels of its 2 cm grid; the same 5 voxels
@@ -154,8 +154,9 @@ def run_demo(out: Path, s: DemoSettings, *, progress: bool = True) -> dict:
     )
     checkpoints = {}
     # TTT-MAE adapts its own model trained on L_Y + L_MAE, as in the paper, so the joint model
-    # (and every row adapted from it) is exactly L_Y + L_2D; the third model costs about 0.64x
-    # a joint training (python -m benchmarks.bench_baselines).
+    # (and every row adapted from it) is exactly L_Y + L_2D; the third model cost 0.64x a joint
+    # training on the 2.5 cm point grid (python -m benchmarks.bench_baselines), and more CPU per
+    # epoch than the joint one on the 5 cm grid (the 2026-12-01 demo: ~11 vs ~8.5 s).
     mae = ["loss.ssl=mae", f"loss.mae_patch_size={s.mae_patch_size}"]
     for name, kd, extra in (("joint", True, []), ("source_only", False, []), ("mae", False, mae)):
         run_dir = out / "runs" / name
