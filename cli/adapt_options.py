@@ -28,7 +28,7 @@ def adapt_options(fields: FieldOptions) -> Callable[[Callable], Callable]:
 
     def decorate(f: Callable) -> Callable:
         f = fields(f)
-        f = cluster_options(f)
+        f = cluster_options()(f)
         f = click.option(
             "--overwrite",
             is_flag=True,

@@ -1,6 +1,6 @@
-"""``--workers/--gpus/--scheduler/--memory-limit/--dashboard`` for the adaptation commands:
-the names and meanings of tttkd-prep's, turned into a ``DaskExecutor`` (``pipeline.cluster``)
-or None for a serial run."""
+"""``--workers/--gpus/--scheduler/--memory-limit/--dashboard``, declared once for tttkd-prep
+and tttkd-adapt; for adaptation, turned into a ``DaskExecutor`` (``pipeline.cluster``) or None
+for a serial run."""
 
 from __future__ import annotations
 
@@ -14,28 +14,29 @@ from tttkd.cli.guard import check_scheduler
 CLUSTER_OPTIONS = ("workers", "gpus", "scheduler", "memory_limit", "dashboard")
 
 
-def cluster_options(f: Callable) -> Callable:
-    """Add the cluster options (one scene task per worker at a time)."""
+ADAPT_WORKERS_HELP = (
+    "local Dask cluster of N CPU worker processes x 1 thread, each adapting one scene at a "
+    "time (default: serial, in this process)"
+)
+ADAPT_GPUS_HELP = (
+    "with --workers and --device cuda: one worker per GPU, pinned to it, runs the scenes "
+    "[default: every visible GPU]"
+)
+
+
+def cluster_options(
+    workers_help: str = ADAPT_WORKERS_HELP, gpus_help: str = ADAPT_GPUS_HELP
+) -> Callable[[Callable], Callable]:
+    """The cluster options of tttkd-prep and tttkd-adapt: one name, type and default each;
+    only what a worker does (``workers_help``, ``gpus_help``) differs between the commands."""
     opts = [
-        click.option(
-            "--workers",
-            type=click.IntRange(min=1),
-            default=None,
-            help="local Dask cluster of N CPU worker processes x 1 thread, each adapting one "
-            "scene at a time (default: serial, in this process)",
-        ),
-        click.option(
-            "--gpus",
-            type=click.IntRange(min=0),
-            default=None,
-            help="with --workers and --device cuda: one worker per GPU, pinned to it, runs "
-            "the scenes [default: every visible GPU]",
-        ),
+        click.option("--workers", type=click.IntRange(min=1), default=None, help=workers_help),
+        click.option("--gpus", type=click.IntRange(min=0), default=None, help=gpus_help),
         click.option(
             "--scheduler",
             default=None,
             help="an existing Dask scheduler, tcp://host:8786 (workers started with "
-            "--resources CPU=1, or GPU=1 for --device cuda; README)",
+            "--resources CPU=1, or GPU=1 for a GPU stage; README)",
         ),
         click.option(
             "--memory-limit",
@@ -46,12 +47,17 @@ def cluster_options(f: Callable) -> Callable:
         click.option(
             "--dashboard/--no-dashboard",
             default=False,
+            show_default=True,
             help="serve the Dask dashboard on 127.0.0.1 (needs bokeh)",
         ),
     ]
-    for opt in reversed(opts):
-        f = opt(f)
-    return f
+
+    def decorate(f: Callable) -> Callable:
+        for opt in reversed(opts):
+            f = opt(f)
+        return f
+
+    return decorate
 
 
 def executor_from(kw: dict[str, Any], device: str, echo: Callable[[str], None]) -> Any:

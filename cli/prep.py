@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from tttkd.cli.cluster_options import CLUSTER_OPTIONS, cluster_options
 from tttkd.cli.guard import check_scheduler, run_command
 from tttkd.cli.options import (
     FieldOptions,
@@ -123,41 +124,12 @@ BY_HAND = {"dataset": "the subcommand", "reader_options": "--reader-option",
 FIELDS = FieldOptions(PrepConfig, [f.name for f in fields(PrepConfig) if f.name not in BY_HAND])
 VERIFY_FIELDS = FieldOptions(PrepConfig, ["scenes"])  # tttkd-prep verify --scenes
 # the options that say how to run, not what the cache holds (not recorded in the cache)
-RUN_OPTIONS = ("workers", "gpus", "scheduler", "memory_limit", "dashboard", "dry_run")
+RUN_OPTIONS = (*CLUSTER_OPTIONS, "dry_run")
 RUN_OPTIONS += ("progress", "config_files", "sets", "reader_option", "storage_option")
 
 
 def _common(f: Callable) -> Callable:
     opts = [
-        click.option(
-            "--workers",
-            type=click.IntRange(min=1),
-            default=None,
-            help="local Dask cluster of N CPU worker processes x 1 thread, plus the teacher "
-            "workers of --gpus [default: serial, one process with one torch thread]",
-        ),
-        click.option(
-            "--gpus",
-            type=click.IntRange(min=0),
-            default=None,
-            help="with --workers: one teacher worker per GPU, pinned to it (0: one teacher "
-            "worker on the CPU) [default: 0, or every visible GPU with --device cuda]",
-        ),
-        click.option(
-            "--scheduler", default=None, help="an existing Dask scheduler, tcp://host:8786"
-        ),
-        click.option(
-            "--memory-limit",
-            default="auto",
-            show_default=True,
-            help="per local worker (e.g. 4GB; 'auto' = RAM / workers)",
-        ),
-        click.option(
-            "--dashboard/--no-dashboard",
-            default=False,
-            show_default=True,
-            help="serve the Dask dashboard on 127.0.0.1 (needs bokeh)",
-        ),
         click.option(
             "--dry-run", is_flag=True, help="print the scene count and size estimate only"
         ),
@@ -179,6 +151,12 @@ def _common(f: Callable) -> Callable:
     ]
     for o in reversed(opts):
         f = o(f)
+    f = cluster_options(
+        workers_help="local Dask cluster of N CPU worker processes x 1 thread, plus the teacher "
+        "workers of --gpus [default: serial, one process with one torch thread]",
+        gpus_help="with --workers: one teacher worker per GPU, pinned to it (0: one teacher "
+        "worker on the CPU) [default: 0, or every visible GPU with --device cuda]",
+    )(f)
     f = deprecated_alias("--out", "--cache", "out_alias")(f)
     f = deprecated_alias("--scene", "--scenes", "scene_alias", multiple=True)(f)
     return config_file_options(FIELDS(f))
