@@ -78,13 +78,26 @@ def scene_deadline(seconds: float | None, scene: str) -> Iterator[None]:
         yield
         return
 
+    expired = False
+
     def expire(signum: int, frame: object) -> None:
+        nonlocal expired
+        expired = True
         raise timeout_error(float(seconds), scene)
 
     previous = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, float(seconds))
     try:
         yield
+    except SceneTimeout:
+        raise
+    except Exception as e:  # raised after the deadline: the timeout is the cause
+        if expired:
+            raise timeout_error(float(seconds), scene) from e
+        raise
+    else:  # a reader's own handler (a dropped frame) may have swallowed the timeout
+        if expired:
+            raise timeout_error(float(seconds), scene)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)

@@ -179,3 +179,23 @@ def test_a_fifo_as_the_file_that_tells_the_s3dis_version_is_named(tmp_path):
         with pytest.raises(DatasetError, match="FIFO") as e:
             sniff_version(fifo)
     assert str(fifo) in str(e.value)
+
+
+def test_a_deadline_swallowed_by_a_reader_still_fails_the_scene():
+    """A reader that drops a bad frame catches DatasetError; when the deadline fires inside
+    such a handler the scene must still end as timed out (the full suite once saw a scene
+    fail for another reason under --scene-timeout 0.001)."""
+    from tttkd.pipeline.errors import DatasetError
+
+    with pytest.raises(SceneTimeout, match="--scene-timeout 0.05 s"):
+        with scene_deadline(0.05, "scene0000_00"):
+            try:
+                time.sleep(0.5)  # the alarm fires here ...
+            except DatasetError:
+                pass  # ... and a frame-dropping reader swallows it
+    with pytest.raises(SceneTimeout, match="--scene-timeout 0.05 s"):
+        with scene_deadline(0.05, "scene0000_00"):
+            try:
+                time.sleep(0.5)
+            except DatasetError as e:
+                raise ValueError("a later, unrelated-looking failure") from e
