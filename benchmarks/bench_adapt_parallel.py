@@ -32,8 +32,8 @@ def build(root: Path, scenes: int) -> tuple[str, Path]:
     from tttkd.pipeline.cache import Cache
     from tttkd.pipeline.plan import PrepConfig
     from tttkd.pipeline.run import run_prep
-    from tttkd.pipeline.synthetic.domain import Domain
-    from tttkd.pipeline.synthetic.scannet_writer import write_scannet_dataset
+    from tttkd.synthetic.domain import Domain
+    from tttkd.synthetic.scannet_writer import write_scannet_dataset
 
     write_scannet_dataset(root / "scannet", scenes, frames=("25k",), splits=["val"] * scenes,
                           image_size=(96, 72), views=3, domain=Domain(spacing=0.05))  # fmt: skip

@@ -26,7 +26,7 @@ def _caches(tmp: Path, source: int, target: int) -> tuple[str, str]:
     from tttkd.pipeline.executors import SerialExecutor
     from tttkd.pipeline.plan import PrepConfig
     from tttkd.pipeline.run import run_prep
-    from tttkd.pipeline.synthetic.benchmark import write_shift_benchmark
+    from tttkd.synthetic.benchmark import write_shift_benchmark
 
     bench = write_shift_benchmark(tmp / "data", source_scenes=source, target_scenes=target)
     out = []

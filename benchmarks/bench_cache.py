@@ -99,8 +99,8 @@ def point_grid_rows(
     from tttkd.pipeline.executors import SerialExecutor
     from tttkd.pipeline.plan import PrepConfig
     from tttkd.pipeline.run import run_prep
-    from tttkd.pipeline.synthetic.domain import Domain
-    from tttkd.pipeline.synthetic.scannet_writer import write_scannet_dataset
+    from tttkd.synthetic.domain import Domain
+    from tttkd.synthetic.scannet_writer import write_scannet_dataset
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

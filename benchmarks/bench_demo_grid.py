@@ -86,7 +86,7 @@ def _train_cpu(cache: str, out: Path, epochs: int) -> float:
 def main(argv: list[str] | None = None) -> None:
     import torch
 
-    from tttkd.pipeline.synthetic.benchmark import write_shift_benchmark
+    from tttkd.synthetic.benchmark import write_shift_benchmark
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--views", type=int, default=16, help="random training views per room")

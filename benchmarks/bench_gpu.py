@@ -259,8 +259,8 @@ def bench_network(b: Bench, backends: list[str]) -> None:
 def _prep(tmp: Path, scenes: int, spacing: float) -> str:
     from tttkd.pipeline.plan import PrepConfig
     from tttkd.pipeline.run import run_prep
-    from tttkd.pipeline.synthetic.domain import Domain
-    from tttkd.pipeline.synthetic.scannet_writer import write_scannet_dataset
+    from tttkd.synthetic.domain import Domain
+    from tttkd.synthetic.scannet_writer import write_scannet_dataset
 
     root = tmp / "scannet"
     write_scannet_dataset(

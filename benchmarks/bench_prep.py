@@ -3,7 +3,7 @@
 1. Voxelize + correspond throughput (input points per second) of ``tttkd.pipeline`` against a
    straightforward numpy baseline (``np.unique(grid, axis=0)`` voxelization, then a per-image
    loop that projects every voxel point in float64 and tests the depth), on a synthetic room
-   (``tttkd.pipeline.synthetic``) with ScanNet-like density, image and depth sizes.
+   (``tttkd.synthetic``) with ScanNet-like density, image and depth sizes.
 2. End to end (issue 12): N ScanNet-format rooms with full-size 1296x968 colour frames, the
    teacher built from random weights written to a local file first (as a user's weights
    are loaded); img/s and scenes/s of the whole prep (CPU stage, teacher, write) for each
@@ -65,8 +65,8 @@ def ours_voxelize_correspond(xyz, voxel_size, views, cfg):
 def make_room_views(n_views: int, spacing: float, color_wh, depth_wh, seed: int = 0):
     from tttkd.pipeline.correspond import View
     from tttkd.pipeline.scene import scale_intrinsics
-    from tttkd.pipeline.synthetic.render import Camera, place_cameras, render
-    from tttkd.pipeline.synthetic.room import make_room, sample_points
+    from tttkd.synthetic.render import Camera, place_cameras, render
+    from tttkd.synthetic.room import make_room, sample_points
 
     room = make_room(seed, furniture=("bed", "bookshelf", "table", "chair", "cabinet"))
     xyz, _, _ = sample_points(room, spacing=spacing, seed=seed)
@@ -192,8 +192,8 @@ def bench_encoder(teacher, image_hw: tuple[int, int], batches: list[int], reps: 
 
 
 def _write_room(root: Path, i: int, wh: tuple[int, int], views: int) -> str:
-    from tttkd.pipeline.synthetic.room import make_room
-    from tttkd.pipeline.synthetic.scannet_writer import write_scannet_scene
+    from tttkd.synthetic.room import make_room
+    from tttkd.synthetic.scannet_writer import write_scannet_scene
 
     sid = f"scene{i:04d}_00"
     room = make_room(i, name=sid, furniture=("bed", "bookshelf", "table", "chair", "cabinet"))
@@ -209,7 +209,7 @@ def write_rooms(root: Path, n: int, wh: tuple[int, int], views: int) -> list[str
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
-    from tttkd.pipeline.synthetic.scannet_writer import write_tsv
+    from tttkd.synthetic.scannet_writer import write_tsv
 
     root.mkdir(parents=True, exist_ok=True)
     procs = max(1, min(n, (os.cpu_count() or 1)))

@@ -28,8 +28,8 @@ import torch
 def _prep(tmp: Path, spacing: float, voxel: float) -> str:
     from tttkd.pipeline.plan import PrepConfig
     from tttkd.pipeline.run import run_prep
-    from tttkd.pipeline.synthetic.domain import Domain
-    from tttkd.pipeline.synthetic.scannet_writer import write_scannet_dataset
+    from tttkd.synthetic.domain import Domain
+    from tttkd.synthetic.scannet_writer import write_scannet_dataset
 
     root = tmp / "scannet"
     write_scannet_dataset(

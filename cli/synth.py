@@ -16,14 +16,14 @@ import click
 
 from tttkd.cli.guard import run_command
 from tttkd.cli.options import deprecated_alias
-from tttkd.pipeline.synthetic.defaults import IMAGE_SIZE, NUM_SCENES, VIEWS
+from tttkd.synthetic.defaults import IMAGE_SIZE, NUM_SCENES, VIEWS
 
 # dataset -> (writer module, function); imported only when asked for. Every writer is called
 # as fn(root, num_scenes, views=, image_size=(w, h), seed=, domain=) (ScanNet also frames=).
 WRITERS = {
-    "scannet": ("tttkd.pipeline.synthetic.scannet_writer", "write_scannet_dataset"),
-    "s3dis": ("tttkd.pipeline.synthetic.s3dis_writer", "write_s3dis_dataset"),
-    "matterport3d": ("tttkd.pipeline.synthetic.matterport_writer", "write_matterport_dataset"),
+    "scannet": ("tttkd.synthetic.scannet_writer", "write_scannet_dataset"),
+    "s3dis": ("tttkd.synthetic.s3dis_writer", "write_s3dis_dataset"),
+    "matterport3d": ("tttkd.synthetic.matterport_writer", "write_matterport_dataset"),
 }
 
 
@@ -131,7 +131,7 @@ def cli(
     frames: tuple[str, ...],
 ) -> None:
     """Write --num-scenes synthetic rooms of DATASET (scannet, s3dis, matterport3d) under OUT."""
-    from tttkd.pipeline.synthetic.domain import SOURCE, TARGET
+    from tttkd.synthetic.domain import SOURCE, TARGET
 
     ctx = click.get_current_context()
     if old_scenes is not None:

@@ -97,7 +97,7 @@ def run_demo(out: Path, s: DemoSettings, *, progress: bool = True) -> dict:
     from tttkd.pipeline.executors import DaskExecutor
     from tttkd.pipeline.plan import PrepConfig
     from tttkd.pipeline.run import run_prep
-    from tttkd.pipeline.synthetic.benchmark import write_shift_benchmark
+    from tttkd.synthetic.benchmark import write_shift_benchmark
 
     # One torch thread: on 2 cores shared with Dask workers and data loading, OpenMP's
     # multi-threaded scatter kernels were measured up to 100x slower than one thread.

@@ -31,8 +31,8 @@ class AdaptFixture:
 def _build_cache(root: Path, out: Path) -> None:
     from tttkd.pipeline.plan import PrepConfig
     from tttkd.pipeline.run import run_prep
-    from tttkd.pipeline.synthetic.domain import Domain
-    from tttkd.pipeline.synthetic.scannet_writer import write_scannet_dataset
+    from tttkd.synthetic.domain import Domain
+    from tttkd.synthetic.scannet_writer import write_scannet_dataset
 
     write_scannet_dataset(
         root,

@@ -216,7 +216,7 @@ def test_ttt_mae_runs_on_a_points_only_pointcept_cache(mae_checkpoint, tmp_path)
     from tttkd.pipeline.executors import SerialExecutor
     from tttkd.pipeline.plan import PrepConfig
     from tttkd.pipeline.run import run_prep
-    from tttkd.pipeline.synthetic.pointcept_writer import write_pointcept_dataset
+    from tttkd.synthetic.pointcept_writer import write_pointcept_dataset
 
     write_pointcept_dataset(tmp_path / "pc", 1, split="val", spacing=0.1, seed=2)
     cfg = PrepConfig(dataset="pointcept", root=str(tmp_path / "pc"), out=str(tmp_path / "pc.zarr"),

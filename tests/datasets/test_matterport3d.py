@@ -13,7 +13,7 @@ from tttkd.pipeline.datasets import matterport3d as mp
 from tttkd.pipeline.datasets.matterport_formats import read_conf
 from tttkd.pipeline.errors import DatasetError
 from tttkd.pipeline.scene import project
-from tttkd.pipeline.synthetic.matterport_writer import MatterportTruth, write_matterport_dataset
+from tttkd.synthetic.matterport_writer import MatterportTruth, write_matterport_dataset
 
 IMAGE = (96, 80)
 

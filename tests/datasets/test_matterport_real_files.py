@@ -16,7 +16,7 @@ from tttkd.pipeline.datasets.matterport_formats import (
     read_tsv,
 )
 from tttkd.pipeline.labels import get_label_set
-from tttkd.pipeline.synthetic.matterport_writer import write_matterport_dataset
+from tttkd.synthetic.matterport_writer import write_matterport_dataset
 
 
 @pytest.fixture

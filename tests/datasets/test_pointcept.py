@@ -10,8 +10,8 @@ import pytest
 
 from tttkd.pipeline.datasets import pointcept as pc
 from tttkd.pipeline.errors import DatasetError
-from tttkd.pipeline.synthetic.domain import TARGET
-from tttkd.pipeline.synthetic.pointcept_writer import write_pointcept_dataset
+from tttkd.synthetic.domain import TARGET
+from tttkd.synthetic.pointcept_writer import write_pointcept_dataset
 
 
 def test_scannet_layout_round_trip(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import pytest
 from tttkd.pipeline.datasets import registry
 from tttkd.pipeline.datasets.protocol import Reader
 from tttkd.pipeline.errors import DatasetError
-from tttkd.pipeline.synthetic.domain import Domain
+from tttkd.synthetic.domain import Domain
 
 SIZE = (64, 48)  # (width, height): not square, so a swapped or squared size shows
 
@@ -23,25 +23,25 @@ SIZE = (64, 48)  # (width, height): not square, so a swapped or squared size sho
 def _write(name: str, out: Path) -> tuple[Path, str]:
     """Write one scene of ``name`` under ``out``; its reader root and scene id."""
     if name == "scannet":
-        from tttkd.pipeline.synthetic.scannet_writer import write_scannet_dataset
+        from tttkd.synthetic.scannet_writer import write_scannet_dataset
 
         w = write_scannet_dataset(
             out, 1, views=2, image_size=SIZE, frames=("sens",), domain=Domain(spacing=0.2)
         )
         return out, w[0].scene_id
     if name == "s3dis":
-        from tttkd.pipeline.synthetic.s3dis_writer import write_s3dis_dataset
+        from tttkd.synthetic.s3dis_writer import write_s3dis_dataset
 
         w = write_s3dis_dataset(out, 1, views=2, image_size=SIZE, domain=Domain(spacing=0.2))
         return out, next(iter(w.rooms))
     if name == "matterport3d":
-        from tttkd.pipeline.synthetic.matterport_writer import write_matterport_dataset
+        from tttkd.synthetic.matterport_writer import write_matterport_dataset
 
         w = write_matterport_dataset(
             out, 1, views=2, image_size=SIZE, regions_per_house=1, spacing=0.2
         )
         return w.scans_root, w.scene_ids[0]
-    from tttkd.pipeline.synthetic.pointcept_writer import write_pointcept_dataset
+    from tttkd.synthetic.pointcept_writer import write_pointcept_dataset
 
     w = write_pointcept_dataset(out, 1, spacing=0.2)
     return out, next(iter(w.scenes))
@@ -115,8 +115,8 @@ def test_scannet_frames_none_string_is_deprecated(written) -> None:
 
 
 def test_num_scenes_counts_scenes_for_every_layout(tmp_path: Path, written) -> None:
-    from tttkd.pipeline.synthetic.matterport_writer import write_matterport_dataset
-    from tttkd.pipeline.synthetic.s3dis_writer import rooms_per_area
+    from tttkd.synthetic.matterport_writer import write_matterport_dataset
+    from tttkd.synthetic.s3dis_writer import rooms_per_area
 
     mp = write_matterport_dataset(tmp_path / "mp", 3, views=0, spacing=0.3)  # 2 to a house
     assert len(mp.scene_ids) == 3 and len(mp.houses) == 2

@@ -12,8 +12,8 @@ from tttkd.pipeline.datasets import s3dis
 from tttkd.pipeline.datasets.s3dis import FILE_CLASSES, class_train_id
 from tttkd.pipeline.errors import DatasetError
 from tttkd.pipeline.labels import get_label_set
-from tttkd.pipeline.synthetic.domain import Domain
-from tttkd.pipeline.synthetic.s3dis_writer import (
+from tttkd.synthetic.domain import Domain
+from tttkd.synthetic.s3dis_writer import (
     ALIGNED_DIR,
     RAW_DIR,
     S3DISGroundTruth,

@@ -17,9 +17,9 @@ from tttkd.pipeline.datasets.stanford2d3ds import AREA_5B_TO_5A
 from tttkd.pipeline.errors import DatasetError
 from tttkd.pipeline.labels import get_label_set
 from tttkd.pipeline.scene import project
-from tttkd.pipeline.synthetic.domain import Domain
-from tttkd.pipeline.synthetic.render import render
-from tttkd.pipeline.synthetic.s3dis_writer import (
+from tttkd.synthetic.domain import Domain
+from tttkd.synthetic.render import render
+from tttkd.synthetic.s3dis_writer import (
     ALIGNED_DIR,
     S3DISGroundTruth,
     S3DISRoomTruth,

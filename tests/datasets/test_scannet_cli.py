@@ -27,6 +27,6 @@ def test_synth_bad_options_and_missing_writer(tmp_path, monkeypatch) -> None:
     runner = CliRunner()
     res = runner.invoke(synth.cli, ["scannet", "--out", str(tmp_path), "--image-size", "64"])
     assert res.exit_code == 2 and "WxH" in res.output
-    monkeypatch.setitem(synth.WRITERS, "s3dis", ("tttkd.pipeline.synthetic.nope", "write"))
+    monkeypatch.setitem(synth.WRITERS, "s3dis", ("tttkd.synthetic.nope", "write"))
     res = runner.invoke(synth.cli, ["s3dis", "--out", str(tmp_path / "s")])
     assert res.exit_code == 1 and "not available" in res.output

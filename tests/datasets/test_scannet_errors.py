@@ -15,8 +15,8 @@ from tttkd.pipeline.datasets import scannet
 from tttkd.pipeline.datasets.scannet_frames import REAL_COLOR_SIZE, calibration_size, read_matrix
 from tttkd.pipeline.errors import DatasetError
 from tttkd.pipeline.scene import scale_intrinsics
-from tttkd.pipeline.synthetic.domain import Domain
-from tttkd.pipeline.synthetic.scannet_writer import write_scannet_dataset
+from tttkd.synthetic.domain import Domain
+from tttkd.synthetic.scannet_writer import write_scannet_dataset
 
 SID = "scene0000_00"
 

@@ -8,9 +8,9 @@ from plyfile import PlyData, PlyElement
 
 from tttkd.pipeline.datasets.ply import read_elements, read_header, write_ply
 from tttkd.pipeline.errors import DatasetError
-from tttkd.pipeline.synthetic.domain import Domain
-from tttkd.pipeline.synthetic.room import make_room
-from tttkd.pipeline.synthetic.scannet_writer import write_scannet_scene
+from tttkd.synthetic.domain import Domain
+from tttkd.synthetic.room import make_room
+from tttkd.synthetic.scannet_writer import write_scannet_scene
 
 HEADER = """ply
 format binary_little_endian 1.0

@@ -10,7 +10,7 @@ import pytest
 
 from tttkd.pipeline.datasets import scannet
 from tttkd.pipeline.labels import get_label_set
-from tttkd.pipeline.synthetic.scannet_writer import TSV_HEADER, TSV_ROWS
+from tttkd.synthetic.scannet_writer import TSV_HEADER, TSV_ROWS
 
 
 @pytest.fixture

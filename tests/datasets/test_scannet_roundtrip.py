@@ -8,9 +8,9 @@ import pytest
 from tttkd.pipeline.datasets import scannet
 from tttkd.pipeline.datasets.scannet_sens import read_sens_index
 from tttkd.pipeline.scene import project
-from tttkd.pipeline.synthetic.domain import Domain
-from tttkd.pipeline.synthetic.render import Camera, render
-from tttkd.pipeline.synthetic.scannet_writer import write_scannet_dataset
+from tttkd.synthetic.domain import Domain
+from tttkd.synthetic.render import Camera, render
+from tttkd.synthetic.scannet_writer import write_scannet_dataset
 
 STEP = 4  # .sens frames per key frame in these fixtures (real ScanNet subsamples every 100th)
 SOURCES = ("25k", "exported", "sens")

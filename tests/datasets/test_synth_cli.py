@@ -6,7 +6,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from tttkd.cli import synth
-from tttkd.pipeline.synthetic.defaults import IMAGE_SIZE, NUM_SCENES, VIEWS
+from tttkd.synthetic.defaults import IMAGE_SIZE, NUM_SCENES, VIEWS
 
 
 def test_s3dis_image_size_is_width_by_height(tmp_path) -> None:

@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from tttkd.pipeline.synthetic.benchmark import write_shift_benchmark
-from tttkd.pipeline.synthetic.domain import TARGET
+from tttkd.synthetic.benchmark import write_shift_benchmark
+from tttkd.synthetic.domain import TARGET
 
 
 def _mesh(root, sid="scene0000_00") -> bytes:

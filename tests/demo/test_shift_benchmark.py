@@ -24,7 +24,7 @@ from tttkd.model.train import train
 from tttkd.pipeline.executors import DaskExecutor, SerialExecutor
 from tttkd.pipeline.plan import PrepConfig
 from tttkd.pipeline.run import run_prep
-from tttkd.pipeline.synthetic.benchmark import write_shift_benchmark
+from tttkd.synthetic.benchmark import write_shift_benchmark
 
 pytestmark = pytest.mark.slow
 

@@ -1,6 +1,6 @@
 """Plan (pure, no Dask), frame selection, and the executors end to end.
 
-End-to-end tests use exact-format synthetic ScanNet (``tttkd.pipeline.synthetic``), the real
+End-to-end tests use exact-format synthetic ScanNet (``tttkd.synthetic``), the real
 reader, a real Zarr cache on disk, the tiny test teacher, real Dask clusters on 127.0.0.1 and
 a real ``tttkd-prep`` process killed with SIGKILL.
 """
@@ -107,8 +107,8 @@ def test_estimate_scene_bytes():
 # ---- end to end -------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    from tttkd.pipeline.synthetic.domain import Domain
-    from tttkd.pipeline.synthetic.scannet_writer import write_scannet_dataset
+    from tttkd.synthetic.domain import Domain
+    from tttkd.synthetic.scannet_writer import write_scannet_dataset
 
     root = tmp_path_factory.mktemp("scannet")
     truths = write_scannet_dataset(
@@ -210,8 +210,8 @@ def test_serial_cache_is_verified_and_matches_the_rendered_truth(dataset, serial
 @pytest.fixture(scope="module")
 def other_datasets(tmp_path_factory) -> dict[str, dict]:
     """Small exact-format S3DIS (+ 2D-3D-S) and Matterport3D roots, with reader options."""
-    from tttkd.pipeline.synthetic.matterport_writer import write_matterport_dataset
-    from tttkd.pipeline.synthetic.s3dis_writer import write_s3dis_dataset
+    from tttkd.synthetic.matterport_writer import write_matterport_dataset
+    from tttkd.synthetic.s3dis_writer import write_s3dis_dataset
 
     s3 = tmp_path_factory.mktemp("s3dis")
     write_s3dis_dataset(s3, 2, views=2, image_size=(48, 48))

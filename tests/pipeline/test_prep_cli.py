@@ -16,8 +16,8 @@ TINY = ["--teacher", "test_vit_tiny", "--image-size", "28", "--frames", "25k", "
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
-    from tttkd.pipeline.synthetic.domain import Domain
-    from tttkd.pipeline.synthetic.scannet_writer import write_scannet_dataset
+    from tttkd.synthetic.domain import Domain
+    from tttkd.synthetic.scannet_writer import write_scannet_dataset
 
     root = tmp_path_factory.mktemp("scannet_cli")
     write_scannet_dataset(

@@ -27,8 +27,8 @@ def tiny_prep_options() -> tuple[str, ...]:
 def write_scannet(tmp_path_factory) -> Callable[[str, list[str]], Path]:
     """``write_scannet(name, splits)``: a new synthetic ScanNet root, one scene per split
     (25k frames, 64x48 images, 2 views a scene, 0.08 m point spacing)."""
-    from tttkd.pipeline.synthetic.domain import Domain
-    from tttkd.pipeline.synthetic.scannet_writer import write_scannet_dataset
+    from tttkd.synthetic.domain import Domain
+    from tttkd.synthetic.scannet_writer import write_scannet_dataset
 
     def write(name: str, splits: list[str]) -> Path:
         root = tmp_path_factory.mktemp(name)

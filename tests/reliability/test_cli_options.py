@@ -27,7 +27,7 @@ def files(tmp_path_factory) -> dict[str, str]:
     cache = d / "feats.zarr"
     teacher = {"name": "vit_tiny_test", "sha256": None, "patch_size": 14, "dim": 16}
     Cache.create(str(cache), synthetic_meta(teacher=teacher)).write_scene(synthetic_record("s0"))
-    from tttkd.pipeline.synthetic.scannet_writer import write_scannet_dataset
+    from tttkd.synthetic.scannet_writer import write_scannet_dataset
 
     write_scannet_dataset(d / "root", 1, frames=("25k",), image_size=(64, 48), views=2)
     (d / "a_file").write_text("x")

@@ -41,21 +41,21 @@ def _known_gap(name: str, rel: Path, kind: str) -> str | None:
 
 
 def _scannet(root: Path) -> dict:
-    from tttkd.pipeline.synthetic.scannet_writer import write_scannet_dataset
+    from tttkd.synthetic.scannet_writer import write_scannet_dataset
 
     write_scannet_dataset(root, 1, frames=("25k",), splits=["train"], image_size=(32, 24), views=2)
     return {"frames": "25k"}
 
 
 def _s3dis(root: Path) -> dict:
-    from tttkd.pipeline.synthetic.s3dis_writer import write_s3dis_dataset
+    from tttkd.synthetic.s3dis_writer import write_s3dis_dataset
 
     write_s3dis_dataset(root, 1, views=2, image_size=(32, 32), areas=(1,))
     return {}
 
 
 def _matterport(root: Path) -> dict:
-    from tttkd.pipeline.synthetic.matterport_writer import write_matterport_dataset
+    from tttkd.synthetic.matterport_writer import write_matterport_dataset
 
     write_matterport_dataset(
         root, 1, regions_per_house=1, image_size=(32, 24), views=2, spacing=0.2
@@ -64,7 +64,7 @@ def _matterport(root: Path) -> dict:
 
 
 def _pointcept(root: Path) -> dict:
-    from tttkd.pipeline.synthetic.pointcept_writer import write_pointcept_dataset
+    from tttkd.synthetic.pointcept_writer import write_pointcept_dataset
 
     write_pointcept_dataset(root, 1, spacing=0.2)
     return {}

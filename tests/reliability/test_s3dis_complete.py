@@ -17,8 +17,8 @@ import pytest
 
 from tttkd.pipeline.datasets import s3dis
 from tttkd.pipeline.errors import DatasetError
-from tttkd.pipeline.synthetic.domain import Domain
-from tttkd.pipeline.synthetic.s3dis_writer import ALIGNED_DIR, write_s3dis_dataset
+from tttkd.synthetic.domain import Domain
+from tttkd.synthetic.s3dis_writer import ALIGNED_DIR, write_s3dis_dataset
 
 SCENE = "Area_1/office_1"  # holds the NUL glitch and stairs_1.txt
 

@@ -26,8 +26,8 @@ def train_cache(tmp_path_factory) -> str:
     from tttkd.pipeline.executors import SerialExecutor
     from tttkd.pipeline.plan import PrepConfig
     from tttkd.pipeline.run import run_prep
-    from tttkd.pipeline.synthetic.domain import Domain
-    from tttkd.pipeline.synthetic.scannet_writer import write_scannet_dataset
+    from tttkd.synthetic.domain import Domain
+    from tttkd.synthetic.scannet_writer import write_scannet_dataset
 
     base = tmp_path_factory.mktemp("train_cache")
     root = base / "scannet"

@@ -24,8 +24,8 @@ from tttkd.pipeline.cache import Cache, CacheError
 from tttkd.pipeline.executors import SerialExecutor
 from tttkd.pipeline.plan import PrepConfig
 from tttkd.pipeline.run import run_prep
-from tttkd.pipeline.synthetic.pointcept_writer import write_pointcept_dataset
 from tttkd.pipeline.voxelize import grid_coordinates, voxelize
+from tttkd.synthetic.pointcept_writer import write_pointcept_dataset
 
 VOXEL = 0.04  # the network voxel (the product default)
 MIN_RATIO = 0.97

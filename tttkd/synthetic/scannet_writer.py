@@ -23,11 +23,11 @@ import numpy as np
 
 from tttkd.pipeline.datasets.ply import write_ply
 from tttkd.pipeline.labels import get_label_set
-from tttkd.pipeline.synthetic.defaults import IMAGE_SIZE, NUM_SCENES, VIEWS
-from tttkd.pipeline.synthetic.domain import SOURCE, Domain
-from tttkd.pipeline.synthetic.render import image_wh
-from tttkd.pipeline.synthetic.room import FURNITURE, Room, make_room, sample_points
-from tttkd.pipeline.synthetic.scannet_frames_writer import (
+from tttkd.synthetic.defaults import IMAGE_SIZE, NUM_SCENES, VIEWS
+from tttkd.synthetic.domain import SOURCE, Domain
+from tttkd.synthetic.render import image_wh
+from tttkd.synthetic.room import FURNITURE, Room, make_room, sample_points
+from tttkd.synthetic.scannet_frames_writer import (
     FRAME_KINDS,
     FrameTruth,
     make_frames,

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tttkd.pipeline.synthetic.room import Room, surface_color
+from tttkd.synthetic.room import Room, surface_color
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tttkd.pipeline.synthetic.room import shift_colors
+from tttkd.synthetic.room import shift_colors
 
 
 @dataclass(frozen=True)

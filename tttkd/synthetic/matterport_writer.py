@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from tttkd.pipeline.labels import get_label_set
-from tttkd.pipeline.synthetic.defaults import IMAGE_SIZE, NUM_SCENES, VIEWS
-from tttkd.pipeline.synthetic.domain import SOURCE, Domain
-from tttkd.pipeline.synthetic.matterport_files import (
+from tttkd.synthetic.defaults import IMAGE_SIZE, NUM_SCENES, VIEWS
+from tttkd.synthetic.domain import SOURCE, Domain
+from tttkd.synthetic.matterport_files import (
     GL_TO_CV,
     g6,
     write_conf,
@@ -29,9 +29,9 @@ from tttkd.pipeline.synthetic.matterport_files import (
     write_mapping,
     write_region,
 )
-from tttkd.pipeline.synthetic.matterport_mesh import RegionMesh, box_mesh
-from tttkd.pipeline.synthetic.render import Camera, image_wh, look_at, render
-from tttkd.pipeline.synthetic.room import FURNITURE, Box, Room, make_room
+from tttkd.synthetic.matterport_mesh import RegionMesh, box_mesh
+from tttkd.synthetic.render import Camera, image_wh, look_at, render
+from tttkd.synthetic.room import FURNITURE, Box, Room, make_room
 
 # Rows without one of the 21 classes: (index, raw_category, nyu40id); "" = empty cell.
 NO_CLASS_ROWS = ((1240, "storage", ""), (1241, "lamp", "35"))

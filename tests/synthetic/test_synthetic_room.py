@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from tttkd.pipeline.scene import project
-from tttkd.pipeline.synthetic.domain import TARGET
-from tttkd.pipeline.synthetic.render import place_cameras, render
-from tttkd.pipeline.synthetic.room import make_room, sample_points, shift_colors
+from tttkd.synthetic.domain import TARGET
+from tttkd.synthetic.render import place_cameras, render
+from tttkd.synthetic.room import make_room, sample_points, shift_colors
 
 
 def test_points_project_onto_their_own_surface() -> None:

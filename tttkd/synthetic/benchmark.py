@@ -16,8 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from tttkd.pipeline.synthetic.domain import SOURCE, TARGET, Domain
-from tttkd.pipeline.synthetic.scannet_writer import write_scannet_dataset
+from tttkd.synthetic.domain import SOURCE, TARGET, Domain
+from tttkd.synthetic.scannet_writer import write_scannet_dataset
 
 FURNITURE = ("bed", "bookshelf", "table", "cabinet", "refrigerator", "otherfurniture")
 DEV_SEED = 1_000_003  # development rooms' seed offset: far from source/target's 2 seed + 1, 2

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tttkd.pipeline.synthetic.matterport_mesh import RegionMesh
-from tttkd.pipeline.synthetic.room import Room
+from tttkd.synthetic.matterport_mesh import RegionMesh
+from tttkd.synthetic.room import Room
 
 GL_TO_CV = np.diag([1.0, -1.0, -1.0, 1.0])
 MAPPING_HEADER = (

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tttkd.pipeline.synthetic.domain import Domain
-from tttkd.pipeline.synthetic.room import Box, Room, surface_color
+from tttkd.synthetic.domain import Domain
+from tttkd.synthetic.room import Box, Room, surface_color
 
 STRUCTURE = ("floor", "ceiling", "wall")
 

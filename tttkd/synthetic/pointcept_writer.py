@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from tttkd.pipeline.labels import get_label_set
-from tttkd.pipeline.synthetic.defaults import NUM_SCENES
-from tttkd.pipeline.synthetic.domain import SOURCE, Domain
-from tttkd.pipeline.synthetic.room import Room, make_room, sample_points
+from tttkd.synthetic.defaults import NUM_SCENES
+from tttkd.synthetic.domain import SOURCE, Domain
+from tttkd.synthetic.room import Room, make_room, sample_points
 
 
 @dataclass

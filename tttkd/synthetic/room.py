@@ -1,7 +1,7 @@
 """Synthetic indoor rooms: axis-aligned boxes with classes and colours, one geometry for all.
 
 The same ``Room`` gives the 3D points (sampled on visible surfaces) and, through
-:mod:`tttkd.pipeline.synthetic.render`, the RGB-D images, so projection between them is exact
+:mod:`tttkd.synthetic.render`, the RGB-D images, so projection between them is exact
 by construction. Writers in this package store a room in each dataset's on-disk format.
 """
 

@@ -33,10 +33,10 @@ from pathlib import Path
 import numpy as np
 
 from tttkd.pipeline.labels import get_label_set
-from tttkd.pipeline.synthetic.defaults import IMAGE_SIZE, NUM_SCENES, VIEWS
-from tttkd.pipeline.synthetic.domain import SOURCE, Domain
-from tttkd.pipeline.synthetic.render import Camera, image_wh, place_cameras, render
-from tttkd.pipeline.synthetic.room import Box, Room, make_room, sample_points
+from tttkd.synthetic.defaults import IMAGE_SIZE, NUM_SCENES, VIEWS
+from tttkd.synthetic.domain import SOURCE, Domain
+from tttkd.synthetic.render import Camera, image_wh, place_cameras, render
+from tttkd.synthetic.room import Box, Room, make_room, sample_points
 
 ALIGNED_DIR = "Stanford3dDataset_v1.2_Aligned_Version"
 RAW_DIR = "Stanford3dDataset_v1.2"

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from tttkd.pipeline.scene import scale_intrinsics
-from tttkd.pipeline.synthetic.render import Camera, place_cameras, render
-from tttkd.pipeline.synthetic.room import Room
+from tttkd.synthetic.render import Camera, place_cameras, render
+from tttkd.synthetic.room import Room
 
 # Typical ScanNet calibration (FORMATS.md 1.6), scaled down to the synthetic image sizes.
 REAL_COLOR = ((1296, 968), np.array([[1170.1875, 0, 647.75], [0, 1170.1875, 483.75], [0, 0, 1]]))
