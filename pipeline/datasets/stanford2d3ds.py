@@ -30,6 +30,7 @@ import numpy as np
 from tttkd.pipeline.datasets.protocol import evenly_spaced
 from tttkd.pipeline.errors import DatasetError
 from tttkd.pipeline.scene import Frame, ImageRef
+from tttkd.pipeline.scene_timeout import require_regular_file
 
 DEPTH_SCALE = 512.0  # raw depth units per metre
 DEPTH_INVALID = (0, 65535)
@@ -145,6 +146,7 @@ def _matrix(value: object, shapes: tuple[tuple[int, int], ...]) -> np.ndarray | 
 
 def read_pose(path: Path, *, scene: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(K as stored (3, 3), world->camera 4x4 OpenCV) from one ``*_domain_pose.json``."""
+    require_regular_file(path, scene)  # a FIFO would block forever
     try:
         data = json.loads(Path(path).read_bytes())
     except (OSError, ValueError) as e:
@@ -188,6 +190,7 @@ def blender_to_opencv_K(K: np.ndarray) -> np.ndarray:
 def _image_size(path: Path, scene: str | None) -> tuple[int, int]:
     from PIL import Image
 
+    require_regular_file(path, scene)  # a FIFO would block forever
     try:
         with Image.open(path) as im:
             return im.size
