@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tttkd.core import LABEL_SETS, get_label_set, source_to_target, target_eval_mask
 from tttkd.model.metrics import evaluate, scores_from_confusion
-from tttkd.pipeline.labels import LABEL_SETS, get_label_set, source_to_target, target_eval_mask
 
 __all__ = ["Evaluator", "LabelMapping", "full_resolution", "label_mapping"]
 

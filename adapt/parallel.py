@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from tttkd.adapt.tasks import OnScene, RunSpec, Task, run_task
-from tttkd.pipeline.errors import TttkdError
+from tttkd.core import TttkdError
 
 __all__ = ["AdaptTaskError", "heap_for_tensors", "run_tasks", "task_resources"]
 

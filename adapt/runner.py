@@ -126,7 +126,7 @@ def selection_overlap(info: CheckpointInfo, scene_ids: list[str]) -> list[str]:
 
 def select_scenes(cache: Cache, cfg: AdaptConfig) -> list[str]:
     """The scenes to adapt on, in stream order: ``cfg.scenes`` as given, else a split, sorted."""
-    from tttkd.pipeline.cache_integrity import warn_incomplete
+    from tttkd.pipeline.cache import warn_incomplete
 
     warn_incomplete(cache)  # skipped scenes are counted, never silent
     available = cache.scene_ids()
@@ -398,7 +398,7 @@ def summarize(
 
 
 def _palette(info: CheckpointInfo) -> np.ndarray:
-    from tttkd.pipeline.labels import LABEL_SETS, get_label_set
+    from tttkd.core import LABEL_SETS, get_label_set
 
     if info.label_set in LABEL_SETS:
         return get_label_set(info.label_set).palette()

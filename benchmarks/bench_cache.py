@@ -4,7 +4,7 @@ Run: ``python benchmarks/bench_cache.py`` (about 30 s on 2 cores; write = one wr
 cosine check, read = best of 3 full-scene reads), plus about 1-2 minutes for part 2
 (``--no-point-grids`` skips it). Everything is measured in
 this one run on the same synthetic scene and printed as ratios to fp16. The features are
-smooth low-rank maps (``cache_testing.smooth_features``: 20 images x 32x43 patches x 384 dims,
+smooth low-rank maps (``pipeline/cache/testing.py``: 20 images x 32x43 patches x 384 dims,
 rank-32 fields + 5% noise), so the PCA cosines are optimistic for a real teacher; a real
 prep run records the measured cosine in every scene's attrs (``tttkd-prep inspect``).
 
@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from tttkd.pipeline.cache import Cache, fit_pca
-from tttkd.pipeline.cache_testing import smooth_features, synthetic_meta, synthetic_record
+from tttkd.pipeline.cache.testing import smooth_features, synthetic_meta, synthetic_record
 
 CODECS = (
     "fp16",
@@ -40,7 +40,7 @@ CODECS = (
 
 
 def _bytes(cache: Cache, scene_id: str, sub: str = "") -> int:
-    from tttkd.pipeline.cache_layout import encode_scene_id, run_sync, scene_path
+    from tttkd.pipeline.cache.layout import encode_scene_id, run_sync, scene_path
 
     prefix = scene_path(encode_scene_id(scene_id)) + (f"/{sub}" if sub else "")
     return int(run_sync(cache._store.getsize_prefix(prefix)))

@@ -30,10 +30,10 @@ def main(argv: list[str] | None = None) -> None:
     import zarr
 
     from tttkd.pipeline.cache import Cache
-    from tttkd.pipeline.cache_codecs import decode_features
-    from tttkd.pipeline.cache_integrity import MANIFEST, scene_manifest
-    from tttkd.pipeline.cache_layout import scene_path
-    from tttkd.pipeline.cache_testing import synthetic_meta, synthetic_record
+    from tttkd.pipeline.cache.codecs import decode_features
+    from tttkd.pipeline.cache.integrity import MANIFEST, scene_manifest
+    from tttkd.pipeline.cache.layout import scene_path
+    from tttkd.pipeline.cache.testing import synthetic_meta, synthetic_record
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=50)
@@ -76,10 +76,9 @@ def _pca_basis(k: int, dim: int) -> None:
     import numpy as np
     import zarr
 
-    from tttkd.pipeline.cache import Cache
-    from tttkd.pipeline.cache_codecs import PcaBasis
-    from tttkd.pipeline.cache_integrity import read_basis
-    from tttkd.pipeline.cache_testing import synthetic_meta
+    from tttkd.pipeline.cache import Cache, PcaBasis
+    from tttkd.pipeline.cache.integrity import read_basis
+    from tttkd.pipeline.cache.testing import synthetic_meta
 
     teacher = {"name": "bench", "sha256": None, "patch_size": 14, "dim": dim}
     q, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((dim, k)))

@@ -63,8 +63,8 @@ def ours_voxelize_correspond(xyz, voxel_size, views, cfg):
 
 
 def make_room_views(n_views: int, spacing: float, color_wh, depth_wh, seed: int = 0):
+    from tttkd.core import scale_intrinsics
     from tttkd.pipeline.correspond import View
-    from tttkd.pipeline.scene import scale_intrinsics
     from tttkd.synthetic.render import Camera, place_cameras, render
     from tttkd.synthetic.room import make_room, sample_points
 

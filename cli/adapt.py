@@ -45,8 +45,8 @@ def _need(kw: dict[str, Any], *names: str) -> None:
 
 
 def _errors() -> tuple[type[Exception], ...]:
+    from tttkd.core import TttkdError
     from tttkd.model.checkpoint import CheckpointError
-    from tttkd.pipeline.errors import TttkdError
 
     return (ValueError, CheckpointError, TttkdError, FileNotFoundError)
 

@@ -118,7 +118,7 @@ def _check_in(value: str | None, allowed: list[str], param: Any, ctx: Any) -> st
 
 
 def check_label_set(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    from tttkd.pipeline.labels import LABEL_SETS
+    from tttkd.core import LABEL_SETS
 
     return _check_in(value, list(LABEL_SETS), param, ctx)
 

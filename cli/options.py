@@ -134,7 +134,7 @@ def _archs() -> list[str]:
 
 
 def _label_sets() -> list[str]:
-    from tttkd.pipeline.labels import LABEL_SETS
+    from tttkd.core import LABEL_SETS
 
     return list(LABEL_SETS)
 

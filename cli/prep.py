@@ -225,7 +225,7 @@ def _config(dataset: str, reader_options: dict, kw: dict[str, Any]) -> PrepConfi
 
 
 def _prep(dataset: str, reader_options: dict, **kw: Any) -> None:
-    from tttkd.pipeline.errors import TttkdError
+    from tttkd.core import TttkdError
     from tttkd.pipeline.executors import DaskExecutor, SerialExecutor
     from tttkd.pipeline.run import dry_run, run_prep
 

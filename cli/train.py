@@ -58,9 +58,9 @@ def cli(
     """
     import yaml
 
+    from tttkd.core import TttkdError
     from tttkd.model.config import ConfigError, config_to_dict, load_config
     from tttkd.model.train import CONFIG_FILE, train
-    from tttkd.pipeline.errors import TttkdError
     from tttkd.settings import merge_delta
 
     base = None

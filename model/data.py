@@ -26,10 +26,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from tttkd.core import DatasetError
 from tttkd.model.augment import PointSet, augment, mix3d
 from tttkd.model.batch import Batch, Sample, collate
 from tttkd.model.config import AugmentConfig
-from tttkd.pipeline.errors import DatasetError
 
 __all__ = ["CacheSceneDataset", "Item", "TrainBatch", "collate_items", "rgb_to_features"]
 
@@ -132,8 +132,7 @@ class CacheSceneDataset(Dataset):
         scene_ids: Sequence[str] | None = None,
         storage_options: dict | None = None,
     ) -> None:
-        from tttkd.pipeline.cache import Cache
-        from tttkd.pipeline.cache_integrity import warn_incomplete
+        from tttkd.pipeline.cache import Cache, warn_incomplete
 
         self.url = url
         self.split = split

@@ -2,7 +2,7 @@
 
 A confusion matrix over the TARGET label set is accumulated; ground truth outside the scored
 classes is ignored, and a prediction the target lacks (mapped to -1 by
-:func:`tttkd.pipeline.labels.source_to_target`) counts as wrong on every scored point.
+:func:`tttkd.core.labels.source_to_target`) counts as wrong on every scored point.
 """
 
 from __future__ import annotations

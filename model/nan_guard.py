@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import nn
 
-from tttkd.pipeline.errors import TttkdError
+from tttkd.core import TttkdError
 
 LOSS_TERMS = ("loss", "seg", "kd", "ssl")  # the logged terms, in _train_epoch's order
 FIX = (

@@ -52,7 +52,7 @@ from tttkd.model.train_setup import (
 from tttkd.model.train_state import load_train_state
 
 if TYPE_CHECKING:
-    from tttkd.pipeline.cache_records import CacheMeta
+    from tttkd.pipeline.cache import CacheMeta
 
 __all__ = ["CONFIG_FILE", "TrainResult", "build_network", "resolve_config", "train"]
 

@@ -35,7 +35,7 @@ from tttkd.model.train_state import restore_rng, save_train_state
 from tttkd.model.validate import validate
 
 if TYPE_CHECKING:
-    from tttkd.pipeline.cache_records import CacheMeta
+    from tttkd.pipeline.cache import CacheMeta
 
 __all__ = ["TrainLoop", "autocast_for"]
 

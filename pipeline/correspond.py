@@ -88,7 +88,7 @@ def pixel_to_grid(uv: np.ndarray, size_wh: tuple[int, int], grid_wh: tuple[int, 
 def _depth_intrinsics(view: View) -> np.ndarray:
     if view.depth_K is not None:
         return np.asarray(view.depth_K, dtype=np.float64)
-    from tttkd.pipeline.scene import scale_intrinsics
+    from tttkd.core import scale_intrinsics
 
     hd, wd = view.depth.shape
     return scale_intrinsics(view.K, view.width, view.height, wd, hd)

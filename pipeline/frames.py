@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tttkd.pipeline.scene import Frame
+from tttkd.core import Frame
 
 
 @dataclass(frozen=True)

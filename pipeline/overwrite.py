@@ -31,7 +31,7 @@ def _local(url: str) -> Path | None:
 
 
 def _is_cache(path: Path) -> bool:
-    from tttkd.pipeline.cache_layout import FORMAT
+    from tttkd.pipeline.cache import FORMAT
 
     try:
         meta = json.loads((path / "zarr.json").read_text())

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from tttkd.core import TttkdError
 from tttkd.pipeline.cluster import StageResources
-from tttkd.pipeline.errors import TttkdError
 from tttkd.pipeline.plan import SceneJob
 from tttkd.pipeline.prep_batching import Batcher, Piece
 from tttkd.pipeline.prep_scene import (

@@ -30,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from tttkd.pipeline.cache_records import SceneRecord
+from tttkd.core import TttkdError
+from tttkd.pipeline.cache import SceneRecord
 from tttkd.pipeline.correspond import (
     CorrespondConfig,
     View,
@@ -38,7 +39,6 @@ from tttkd.pipeline.correspond import (
     pixel_to_grid,
 )
 from tttkd.pipeline.datasets import registry
-from tttkd.pipeline.errors import TttkdError
 from tttkd.pipeline.frames import FrameSelection, select_frames
 from tttkd.pipeline.plan import PrepConfig, SceneJob
 from tttkd.pipeline.scene_timeout import scene_deadline

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from tttkd.core import DatasetError, TttkdError
 from tttkd.pipeline.datasets import registry
-from tttkd.pipeline.errors import DatasetError, TttkdError
 from tttkd.pipeline.executors import Executor, SerialExecutor
 from tttkd.pipeline.overwrite import finish, removed_on_failed_start, staged
 from tttkd.pipeline.plan import Plan, PrepConfig, SceneJob, estimate_scene_bytes, make_plan
@@ -63,7 +63,7 @@ def _write_json(url: str, data: dict, storage_options: dict | None) -> None:
 
 
 def label_set_for(config: PrepConfig) -> tuple[str, tuple[str, ...]]:
-    from tttkd.pipeline.labels import get_label_set
+    from tttkd.core import get_label_set
 
     name = config.label_set or registry.dataset_info(config.dataset).label_set
     if name is None:
@@ -149,7 +149,7 @@ def list_and_plan(
 
 def fit_pca_if_needed(cache: Any, plan: Plan, config: PrepConfig, echo: Callable) -> None:
     """PCA codecs: fit the basis on a few (training) scenes' features, once, in the driver."""
-    from tttkd.pipeline.cache_codecs import fit_pca
+    from tttkd.pipeline.cache import fit_pca
 
     k = cache.codec.pca_k
     if k is None or cache.pca is not None:

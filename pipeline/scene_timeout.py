@@ -1,10 +1,10 @@
 """No scene may hang a prep run: regular files only, and a per-scene time limit.
 
 A FIFO, socket or device in place of a dataset file blocks ``open()`` forever, so readers
-check :func:`require_regular_file` (``os.stat`` never blocks) before opening. ``--scene-timeout
-SECONDS`` bounds the CPU stage of each scene (read, voxelize, frames, correspondences): when
-it runs longer, the scene fails with :class:`SceneTimeout` and the run goes on with the next;
-the scene is not complete, so a rerun retries it.
+check ``tttkd.core.require_regular_file`` (``os.stat`` never blocks) before opening.
+``--scene-timeout SECONDS`` bounds the CPU stage of each scene (read, voxelize, frames,
+correspondences): when it runs longer, the scene fails with :class:`SceneTimeout` and the
+run goes on with the next; the scene is not complete, so a rerun retries it.
 
 Serial runs: a ``SIGALRM`` timer (:func:`scene_deadline`), which interrupts even a blocking
 system call in the main thread. Dask runs: a task runs in a worker thread, which nothing can
@@ -16,16 +16,13 @@ process restarted by its nanny (:func:`stop_task`); Dask recomputes what that wo
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
-import stat
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-from tttkd.pipeline.errors import DatasetError
+from tttkd.core import DatasetError
 
 
 class SceneTimeout(DatasetError):
@@ -41,29 +38,6 @@ def timeout_error(seconds: float, scene: str) -> SceneTimeout:
         fix="look for a file that blocks or is huge in this scene, or raise --scene-timeout; "
         "a rerun retries the scene",
     )
-
-
-def require_regular_file(path: str | Path, scene: str | None = None) -> Path:
-    """``path`` if it is a regular file (following links); never blocks on a FIFO."""
-    path = Path(path)
-    try:
-        mode = os.stat(path).st_mode
-    except OSError as e:
-        raise DatasetError(
-            f"cannot read the file ({e.strerror})",
-            file=path,
-            scene=scene,
-            fix="check that the dataset folder is complete and readable",
-        ) from e
-    if not stat.S_ISREG(mode):
-        kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO, socket or device"
-        raise DatasetError(
-            f"not a regular file but {kind}",
-            file=path,
-            scene=scene,
-            fix="replace it by the dataset's own file",
-        )
-    return path
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from tttkd.pipeline.errors import DatasetError
+from tttkd.core import DatasetError
 
 LABEL_LOSS_WARN = 0.5  # fraction of a scene's points with the ignore label that is worth a warning
 UNLABELLED_SPLITS = frozenset({"test"})

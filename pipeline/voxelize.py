@@ -25,7 +25,7 @@ network's ``voxel_size`` AFTER its geometric augmentation (``model.data.to_sampl
 a rotated lattice of one point per network voxel re-binned at the same size loses cells (a
 45 degree view scaled by 1.1 kept ~64% of the voxels the dense cloud gives); the fine points
 keep >= 97% (measured on a synthetic room of 1 cm surface samples, see
-``tests/train/test_dense_views.py``). A divisor of 3 gave ~96% at 45 degrees and 4 gave
+``tests/model/train/test_dense_views.py``). A divisor of 3 gave ~96% at 45 degrees and 4 gave
 ~99%; an integer divisor nests the fine cells in the network's, so an unrotated scene gives
 exactly the voxels of its full-resolution cloud.
 

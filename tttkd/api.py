@@ -96,7 +96,7 @@ class SceneRef:
 
 class CacheReader:
     """A cache opened read-only. ``scene_ids()`` lists complete scenes, ``scene(id)`` picks
-    one; ``cache`` is the full :class:`~tttkd.pipeline.cache.Cache` (``read_scene``, ...)."""
+    one; ``cache`` is the full :class:`~tttkd.pipeline.cache.store.Cache` (``read_scene``, ...)."""
 
     def __init__(self, cache: Cache):
         self.cache = cache

@@ -407,8 +407,8 @@ def _format_rows(rows: list[tuple[str, float]]) -> str:
 def _topdown(out: Path, cache_url: str, joint: dict, checkpoint: Path) -> Path:
     from tttkd.adapt.export import prediction_path
     from tttkd.adapt.topdown import plot_topdown
+    from tttkd.core import get_label_set
     from tttkd.pipeline.cache import Cache
-    from tttkd.pipeline.labels import get_label_set
 
     cache = Cache.open(cache_url, read_only=True)
     scene = joint["scenes"][0]

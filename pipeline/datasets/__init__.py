@@ -1,1 +1,1 @@
-"""Readers: each dataset, exactly as distributed, into a :class:`tttkd.pipeline.scene.Scene`."""
+"""Readers: each dataset, exactly as distributed, into a :class:`tttkd.core.scene.Scene`."""

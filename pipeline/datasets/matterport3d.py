@@ -41,6 +41,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from tttkd.core import DatasetError, Frame, Scene, as_path, get_label_set, require_regular_file
 from tttkd.pipeline.datasets.matterport_formats import (
     CameraConf,
     read_category_mapping,
@@ -51,10 +52,6 @@ from tttkd.pipeline.datasets.matterport_formats import (
 )
 from tttkd.pipeline.datasets.matterport_frames import pair_views, region_frames
 from tttkd.pipeline.datasets.protocol import check_frames, check_max_views
-from tttkd.pipeline.errors import DatasetError
-from tttkd.pipeline.labels import get_label_set
-from tttkd.pipeline.scene import Frame, Scene, as_path
-from tttkd.pipeline.scene_timeout import require_regular_file
 
 DATASET = "matterport3d"
 LABEL_SET = "matterport21"

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from tttkd.pipeline.errors import DatasetError
+from tttkd.core import DatasetError
 
 DEPTH_SCALE = 4000.0  # undistorted depth PNG units per metre (0.25 mm)
 # The .conf stores camera-to-world in OpenGL axes (look along -Z, +Y up); OpenCV axes look

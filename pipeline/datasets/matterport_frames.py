@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tttkd.core import DatasetError, Frame, ImageRef
 from tttkd.pipeline.datasets.matterport_formats import (
     DEPTH_SCALE,
     CameraConf,
@@ -19,8 +20,6 @@ from tttkd.pipeline.datasets.matterport_formats import (
     opengl_to_opencv,
 )
 from tttkd.pipeline.datasets.protocol import evenly_spaced
-from tttkd.pipeline.errors import DatasetError
-from tttkd.pipeline.scene import Frame, ImageRef
 
 
 def pair_views(

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tttkd.pipeline.errors import DatasetError
+from tttkd.core import DatasetError
 
 _TYPES = {
     "char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1",

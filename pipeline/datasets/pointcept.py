@@ -23,10 +23,16 @@ from typing import Any, Literal
 
 import numpy as np
 
+from tttkd.core import (
+    DATASET_LABEL_SET,
+    IGNORE_INDEX,
+    LABEL_SETS,
+    DatasetError,
+    Scene,
+    as_path,
+    get_label_set,
+)
 from tttkd.pipeline.datasets.protocol import check_frames, check_max_views
-from tttkd.pipeline.errors import DatasetError
-from tttkd.pipeline.labels import DATASET_LABEL_SET, LABEL_SETS, get_label_set
-from tttkd.pipeline.scene import IGNORE_INDEX, Scene, as_path
 
 DATASET = "pointcept"
 SEGMENT_FILES = ("segment20.npy", "segment.npy")  # tried in this order

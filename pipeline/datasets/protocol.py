@@ -20,8 +20,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
-from tttkd.pipeline.errors import DatasetError
-from tttkd.pipeline.scene import Scene
+from tttkd.core import DatasetError, Scene
 
 AUTO = "auto"
 T = TypeVar("T")

@@ -10,9 +10,8 @@ import importlib
 from dataclasses import dataclass
 from typing import Any, cast
 
+from tttkd.core import DatasetError, Scene
 from tttkd.pipeline.datasets.protocol import Reader
-from tttkd.pipeline.errors import DatasetError
-from tttkd.pipeline.scene import Scene
 
 
 @dataclass(frozen=True)

@@ -45,12 +45,10 @@ from typing import Any, Literal
 
 import numpy as np
 
+from tttkd.core import DatasetError, Frame, Scene, get_label_set, project
 from tttkd.pipeline.datasets.protocol import check_frames, check_max_views
 from tttkd.pipeline.datasets.s3dis_text import count_lines, read_xyzrgb, sniff_version
 from tttkd.pipeline.datasets.stanford2d3ds import find_area_dirs, load_frames
-from tttkd.pipeline.errors import DatasetError
-from tttkd.pipeline.labels import get_label_set
-from tttkd.pipeline.scene import Frame, Scene, project
 
 Version = Literal["aligned", "raw"]
 AlignDirection = Literal["auto", "documented", "inverse"]

@@ -31,8 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tttkd.pipeline.errors import DatasetError
-from tttkd.pipeline.scene_timeout import require_regular_file
+from tttkd.core import DatasetError, require_regular_file
 
 PLAUSIBLE_MARGIN_M = 1.0  # a repaired point may lie this far (plus half the extent) outside
 _CTRL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f]")

@@ -34,13 +34,10 @@ from typing import Any, Literal
 
 import numpy as np
 
+from tttkd.core import IGNORE_INDEX, DatasetError, Frame, Scene, get_label_set, require_regular_file
 from tttkd.pipeline.datasets.ply import read_elements, require_properties
 from tttkd.pipeline.datasets.protocol import check_frames, check_max_views, evenly_spaced
 from tttkd.pipeline.datasets.scannet_frames import frames_from_sens, frames_from_tree
-from tttkd.pipeline.errors import DatasetError
-from tttkd.pipeline.labels import get_label_set
-from tttkd.pipeline.scene import IGNORE_INDEX, Frame, Scene
-from tttkd.pipeline.scene_timeout import require_regular_file
 
 FrameSource = Literal["auto", "25k", "exported", "sens"]
 FRAME_SOURCES = ("auto", "25k", "exported", "sens")

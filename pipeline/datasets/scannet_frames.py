@@ -25,10 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tttkd.core import Codec, DatasetError, Frame, ImageRef, require_regular_file, scale_intrinsics
 from tttkd.pipeline.datasets.scannet_sens import SensIndex, read_sens_index
-from tttkd.pipeline.errors import DatasetError
-from tttkd.pipeline.scene import Codec, Frame, ImageRef, scale_intrinsics
-from tttkd.pipeline.scene_timeout import require_regular_file
 
 DEPTH_SCALE = 1000.0  # uint16 depth PNGs store millimetres
 REAL_COLOR_SIZE = (1296, 968)  # calibration size of ScanNet's colour camera

@@ -2,7 +2,7 @@
 
 Frames are read straight from the ``.sens`` (no export to disk): the header and the small
 per-frame headers are parsed once, and each frame's JPEG and zlib depth become byte ranges
-that :class:`~tttkd.pipeline.scene.ImageRef` decodes on demand.
+that :class:`~tttkd.core.scene.ImageRef` decodes on demand.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from tttkd.pipeline.errors import DatasetError
+from tttkd.core import DatasetError
 
 SENS_VERSION = 4
 COLOR_CODECS = {-1: "unknown", 0: "raw", 1: "png", 2: "jpeg"}

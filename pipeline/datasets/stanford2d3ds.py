@@ -6,7 +6,7 @@ What is converted here, at the boundary, so nothing downstream knows it (FORMATS
   a frame is used only when its pose JSON, RGB PNG and depth PNG all exist.
 * ``camera_rt_matrix`` is a 3x4 world->camera [R|t] in OpenCV axes: ``c2w = inv([[R,t],[0,1]])``.
 * ``camera_k_matrix`` comes from Blender, whose principal point ``cx = W/2`` is measured with
-  pixel *corners* at integers. Our convention (pipeline/scene.py) puts pixel *centres* at
+  pixel *corners* at integers. Our convention (core/scene.py) puts pixel *centres* at
   integers, so the reader returns ``cx - 0.5, cy - 0.5`` (the same ray through the same pixel).
   An image whose size contradicts K (``cx = cy = 540`` means 1080 x 1080) is an error.
 * Depth PNG: uint16, value / 512 = metres (z-depth); 65535 = missing and 0 = invalid.
@@ -27,10 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tttkd.core import DatasetError, Frame, ImageRef, require_regular_file
 from tttkd.pipeline.datasets.protocol import evenly_spaced
-from tttkd.pipeline.errors import DatasetError
-from tttkd.pipeline.scene import Frame, ImageRef
-from tttkd.pipeline.scene_timeout import require_regular_file
 
 DEPTH_SCALE = 512.0  # raw depth units per metre
 DEPTH_INVALID = (0, 65535)

@@ -113,11 +113,11 @@ def adapt_fixture(tmp_path_factory) -> AdaptFixture:
 
 
 def _make_fixture(tmp_path_factory) -> AdaptFixture:
+    from tttkd.core import get_label_set
     from tttkd.model.checkpoint import save_checkpoint
     from tttkd.model.minkunet import minkunet_test
     from tttkd.model.network import KDHeadConfig, SegKDNet
     from tttkd.pipeline.cache import Cache
-    from tttkd.pipeline.labels import get_label_set
 
     base = tmp_path_factory.mktemp("adapt")
     url = str(base / "feats.zarr")

@@ -13,8 +13,8 @@ from tttkd.adapt.config import AdaptConfig
 from tttkd.adapt.evaluation import full_resolution
 from tttkd.adapt.runner import run_adaptation
 from tttkd.cli.adapt import cli
+from tttkd.core import shared_classes, source_to_target
 from tttkd.pipeline.cache import Cache
-from tttkd.pipeline.labels import shared_classes, source_to_target
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

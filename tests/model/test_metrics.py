@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from tttkd.core import get_label_set, source_to_target, target_eval_mask
 from tttkd.model.metrics import confusion_matrix, evaluate, scores_from_confusion
-from tttkd.pipeline.labels import get_label_set, source_to_target, target_eval_mask
 
 
 def test_known_iou_values() -> None:

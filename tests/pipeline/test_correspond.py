@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tttkd.core import project, scale_intrinsics
 from tttkd.pipeline.correspond import (
     CorrespondConfig,
     View,
@@ -14,7 +15,6 @@ from tttkd.pipeline.correspond import (
     frame_correspondences,
     pixel_to_grid,
 )
-from tttkd.pipeline.scene import project, scale_intrinsics
 
 # room: floor, two walls, a table and a tall cabinet in front of the back wall
 BOXES = np.array(

@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tttkd.core import Frame, ImageRef, project
 from tttkd.pipeline.cache import Cache, CacheError
 from tttkd.pipeline.executors import DaskExecutor, SerialExecutor
 from tttkd.pipeline.frames import ImagePolicy, frame_problem, select_frames
 from tttkd.pipeline.plan import PrepConfig, estimate_scene_bytes, make_plan
 from tttkd.pipeline.run import run_prep
-from tttkd.pipeline.scene import Frame, ImageRef, project
 from tttkd.pipeline.voxelize import voxelize
 
 N_SCENES = 8

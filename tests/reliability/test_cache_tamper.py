@@ -17,7 +17,7 @@ import zarr
 from tttkd.adapt.scenes import load_scene
 from tttkd.model.data import CacheSceneDataset
 from tttkd.pipeline.cache import Cache, CacheError
-from tttkd.pipeline.cache_testing import synthetic_meta, synthetic_record
+from tttkd.pipeline.cache.testing import synthetic_meta, synthetic_record
 
 SCENE = "scene0001_00"
 
@@ -195,7 +195,7 @@ PCA_ARRAYS = ("pca/components", "pca/mean")
 def pca_pristine(tmp_path_factory) -> Path:
     """Before: pca/ had no checksum, so a deleted chunk of components decoded every scene's
     features with a zero basis and verify said ok."""
-    from tttkd.pipeline.cache_codecs import fit_pca
+    from tttkd.pipeline.cache import fit_pca
 
     url = tmp_path_factory.mktemp("tamper_pca") / "feats.zarr"
     cache = Cache.create(str(url), synthetic_meta(feature_codec="pca8"))

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from tttkd.cli import adapt, prep, synth, train
 from tttkd.pipeline.cache import Cache
-from tttkd.pipeline.cache_testing import synthetic_meta, synthetic_record
+from tttkd.pipeline.cache.testing import synthetic_meta, synthetic_record
 
 MAINS = {"prep": prep.main, "train": train.main, "adapt": adapt.main, "synth": synth.main}
 

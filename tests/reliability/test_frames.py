@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tttkd.core import DatasetError
 from tttkd.pipeline.cache import Cache
 from tttkd.pipeline.datasets import scannet
-from tttkd.pipeline.errors import DatasetError
 
 SCENE = "scene0000_00"
 

@@ -26,8 +26,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from tttkd.core import TttkdError
 from tttkd.pipeline.datasets import registry
-from tttkd.pipeline.errors import TttkdError
 from tttkd.pipeline.scene_timeout import SceneTimeout, scene_deadline
 
 EXAMPLES = 30

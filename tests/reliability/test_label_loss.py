@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from tttkd.core import DatasetError
 from tttkd.pipeline.cache import Cache
 from tttkd.pipeline.datasets import scannet
-from tttkd.pipeline.errors import DatasetError
 
 SCENE = "scene0000_00"
 TSV = "scannetv2-labels.combined.tsv"

@@ -170,8 +170,8 @@ def test_scene_timeout_on_a_dask_cluster_fails_the_stuck_scene_only(root, tmp_pa
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
 def test_a_fifo_as_the_file_that_tells_the_s3dis_version_is_named(tmp_path):
     """Before: the S3DIS version sniffer opened the first object file unchecked and blocked."""
+    from tttkd.core import DatasetError
     from tttkd.pipeline.datasets.s3dis_text import sniff_version
-    from tttkd.pipeline.errors import DatasetError
 
     fifo = tmp_path / "ceiling_1.txt"
     os.mkfifo(fifo)
@@ -185,7 +185,7 @@ def test_a_deadline_swallowed_by_a_reader_still_fails_the_scene():
     """A reader that drops a bad frame catches DatasetError; when the deadline fires inside
     such a handler the scene must still end as timed out (the full suite once saw a scene
     fail for another reason under --scene-timeout 0.001)."""
-    from tttkd.pipeline.errors import DatasetError
+    from tttkd.core import DatasetError
 
     with pytest.raises(SceneTimeout, match="--scene-timeout 0.05 s"):
         with scene_deadline(0.05, "scene0000_00"):

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tttkd.core import DatasetError
 from tttkd.pipeline.datasets import s3dis
-from tttkd.pipeline.errors import DatasetError
 from tttkd.synthetic.domain import Domain
 from tttkd.synthetic.s3dis_writer import ALIGNED_DIR, write_s3dis_dataset
 

@@ -11,12 +11,11 @@ import zarr
 
 from tttkd.adapt.config import AdaptConfig
 from tttkd.adapt.runner import select_scenes
+from tttkd.core import DatasetError
 from tttkd.model.data import CacheSceneDataset
-from tttkd.pipeline.cache import Cache, encode_scene_id
-from tttkd.pipeline.cache_integrity import IncompleteScenesWarning
-from tttkd.pipeline.cache_testing import synthetic_meta, synthetic_record
+from tttkd.pipeline.cache import Cache, IncompleteScenesWarning, encode_scene_id
+from tttkd.pipeline.cache.testing import synthetic_meta, synthetic_record
 from tttkd.pipeline.datasets import registry
-from tttkd.pipeline.errors import DatasetError
 
 
 @pytest.mark.parametrize("dataset", ["scannet", "s3dis", "matterport3d", "pointcept"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tttkd.pipeline.scene import project
+from tttkd.core import project
 from tttkd.synthetic.domain import TARGET
 from tttkd.synthetic.render import place_cameras, render
 from tttkd.synthetic.room import make_room, sample_points, shift_colors

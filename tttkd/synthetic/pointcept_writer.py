@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tttkd.pipeline.labels import get_label_set
+from tttkd.core import get_label_set
 from tttkd.synthetic.defaults import NUM_SCENES
 from tttkd.synthetic.domain import SOURCE, Domain
 from tttkd.synthetic.room import Room, make_room, sample_points

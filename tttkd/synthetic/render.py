@@ -1,6 +1,6 @@
 """Pinhole cameras in a synthetic room and an exact ray-cast RGB-D renderer.
 
-Conventions are the project's (pipeline/scene.py): OpenCV camera axes, camera-to-world 4x4,
+Conventions are the project's (core/scene.py): OpenCV camera axes, camera-to-world 4x4,
 pixel centres at integer (u, v) with a top-left origin, depth = camera z in metres.
 """
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tttkd.pipeline.labels import get_label_set
+from tttkd.core import get_label_set
 from tttkd.synthetic.defaults import IMAGE_SIZE, NUM_SCENES, VIEWS
 from tttkd.synthetic.domain import SOURCE, Domain
 from tttkd.synthetic.render import Camera, image_wh, place_cameras, render

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tttkd.pipeline.scene import scale_intrinsics
+from tttkd.core import scale_intrinsics
 from tttkd.synthetic.render import Camera, place_cameras, render
 from tttkd.synthetic.room import Room
 

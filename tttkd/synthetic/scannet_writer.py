@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tttkd.core import get_label_set
 from tttkd.pipeline.datasets.ply import write_ply
-from tttkd.pipeline.labels import get_label_set
 from tttkd.synthetic.defaults import IMAGE_SIZE, NUM_SCENES, VIEWS
 from tttkd.synthetic.domain import SOURCE, Domain
 from tttkd.synthetic.render import image_wh
