@@ -296,7 +296,7 @@ def check_complete(room_dir: Path, scene_id: str, object_lines: int, n_files: in
         warnings.warn(
             f"{scene_id}: no room file {room_dir / (room_dir.name + '.txt')}, so a missing or "
             f"cut object file in {ann} cannot be noticed; restore it from the S3DIS archive",
-            stacklevel=3,
+            stacklevel=4,  # the caller of load_scene (via _read_points)
         )
         return
     expected = count_lines(whole, scene=scene_id)
@@ -310,7 +310,7 @@ def check_complete(room_dir: Path, scene_id: str, object_lines: int, n_files: in
             f"{scene_id}: the {n_files} object files in {ann} hold {object_lines} lines but the "
             f"room file {whole} holds {expected} ({what}); extract the room again from the "
             "S3DIS archive",
-            stacklevel=3,
+            stacklevel=4,  # the caller of load_scene (via _read_points)
         )
 
 

@@ -119,7 +119,7 @@ def list_frame_stems(area_dir: Path, room: str) -> list[str]:
         warnings.warn(
             f"{len(missing)} file(s) of frames of {room} are missing (those frames are "
             f"dropped): {', '.join(map(str, missing[:5]))}",
-            stacklevel=3,
+            stacklevel=4,  # the caller of S3DIS load_scene (via load_frames)
         )
     return [stem for _, _, stem in sorted(poses) if stem in rgb and stem in depth]
 
@@ -214,7 +214,10 @@ def load_frames(
     ``max_views`` keeps that many evenly spaced frames (all when None). Frames whose pose has
     non-finite or non-rigid numbers are skipped with a warning.
     """
-    items = [(d, s) for d in area_dirs_for(images_root, area) for s in list_frame_stems(d, room)]
+    items: list[tuple[Path, str]] = []
+    for area_dir in area_dirs_for(images_root, area):
+        stems = list_frame_stems(area_dir, room)  # not in a comprehension (its own stack frame)
+        items.extend((area_dir, stem) for stem in stems)
     items = evenly_spaced(items, max_views)
     frames = []
     skipped = []
@@ -228,7 +231,7 @@ def load_frames(
         warnings.warn(
             f"{scene}: skipped {len(skipped)} frame(s) with non-finite or non-rigid poses "
             f"(first: {skipped[0]})",
-            stacklevel=2,
+            stacklevel=3,  # the caller of S3DIS load_scene
         )
     return frames
 
