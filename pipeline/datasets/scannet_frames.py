@@ -9,7 +9,7 @@
 Frames are named ``%06d`` after their index in the ``.sens`` whatever the source, so the
 same view has the same name everywhere. Frames whose pose is ``-inf`` (ScanNet's mark of a lost
 track) are skipped; any other non-finite pose (NaN, a partly finite matrix) is damage: those
-frames are skipped with a warning naming the files.
+frames are skipped with a warning naming the files (the ``.sens`` and the frames).
 The colour resolution is never assumed: K is rescaled from its calibration size to the size
 of the colour image actually stored (read from the first image's header, no pixel decode).
 """
@@ -134,6 +134,17 @@ def rescaled_K(
     return scale_intrinsics(K_calib[:3, :3], cw, ch, w, h)
 
 
+def warn_damaged_poses(where: str, damaged: list[str], *, stacklevel: int) -> None:
+    """Warn, naming them, about frames dropped for a NaN or partly finite pose: damage, unlike
+    ScanNet's all -inf pose of a lost track. ``stacklevel`` counts from the caller of this."""
+    if damaged:
+        warnings.warn(
+            f"{len(damaged)} frame(s) dropped: their {where} holds NaN or a partly finite "
+            f"matrix: {', '.join(damaged[:10])}{' ...' if len(damaged) > 10 else ''}",
+            stacklevel=stacklevel + 1,
+        )
+
+
 def _frame_index(stem: str) -> int | None:
     return int(stem) if stem.isdigit() else None
 
@@ -192,12 +203,8 @@ def _posed_frames(t: _Tree, scene: str, stride: int | None) -> list[tuple[int, n
             posed.append((i, c2w))
         elif not np.all(np.isneginf(c2w)):  # -inf everywhere: a lost track, ScanNet's data
             damaged.append(str(path))
-    if damaged:
-        warnings.warn(
-            f"{len(damaged)} frame(s) dropped: their pose file holds NaN or a partly finite "
-            f"matrix: {', '.join(damaged[:10])}{' ...' if len(damaged) > 10 else ''}",
-            stacklevel=2,
-        )
+    # the caller of load_scene (via _load_frames, frames_from_tree, _posed_frames)
+    warn_damaged_poses("pose file", damaged, stacklevel=5)
     for i, _ in posed:
         if f"{t.name_of(i)}.jpg" not in colors:
             raise DatasetError(
@@ -296,11 +303,15 @@ def frames_from_sens(
     """Every ``stride``-th frame of a ``.sens`` as byte ranges (no export to disk)."""
     idx = read_sens_index(path, scene=scene)
     depth_codec = _sens_depth_codec(idx, path, scene)
-    keep = [
-        i
-        for i in range(0, idx.num_frames, max(1, stride))
-        if np.all(np.isfinite(idx.camera_to_world[i]))
-    ]
+    keep, damaged = [], []
+    for i in range(0, idx.num_frames, max(1, stride)):
+        c2w = idx.camera_to_world[i]
+        if np.all(np.isfinite(c2w)):
+            keep.append(i)
+        elif not np.all(np.isneginf(c2w)):  # -inf everywhere: a lost track, ScanNet's data
+            damaged.append(f"{i:06d}")
+    # the caller of load_scene (via _load_frames, frames_from_sens)
+    warn_damaged_poses(f"pose in {path}", [f"frame {n}" for n in damaged], stacklevel=4)
     if not keep:
         return []
     size = _stored_color_size(path, idx, keep[0], scene)
