@@ -203,12 +203,7 @@ def read_xyzrgb(path: str | Path, *, scene: str | None = None) -> TextCloud:
     try:
         data = Path(path).read_bytes()
     except OSError as e:
-        raise DatasetError(
-            f"cannot read ({e.strerror})",
-            file=path,
-            scene=scene,
-            fix="check that the S3DIS folder is completely extracted and readable",
-        ) from e
+        raise _unreadable(e, path, scene) from e
     return parse_xyzrgb(data)
 
 
@@ -222,13 +217,18 @@ def count_lines(path: str | Path, *, scene: str | None = None) -> int:
                 n += block.count(b"\n")
                 last = block[-1:]
     except OSError as e:
-        raise DatasetError(
-            f"cannot read ({e.strerror})",
-            file=path,
-            scene=scene,
-            fix="check that the S3DIS folder is completely extracted and readable",
-        ) from e
+        raise _unreadable(e, path, scene) from e
     return n + (last != b"\n")
+
+
+def _unreadable(e: OSError, path: str | Path, scene: str | None) -> DatasetError:
+    """The one error for an S3DIS text file the system cannot read (permissions, I/O)."""
+    return DatasetError(
+        f"cannot read ({e.strerror})",
+        file=path,
+        scene=scene,
+        fix="check that the S3DIS folder is completely extracted and readable",
+    )
 
 
 def sniff_version(path: str | Path) -> str | None:

@@ -78,3 +78,29 @@ def test_sniff_version(tmp_path) -> None:
     assert sniff_version(tmp_path / "a.txt") == "aligned"
     assert sniff_version(tmp_path / "r7.txt") == "raw"
     assert sniff_version(tmp_path / "r.txt") is None
+
+
+def test_a_file_the_system_cannot_read_is_one_clear_error(tmp_path, monkeypatch) -> None:
+    import builtins
+    import errno
+    from pathlib import Path
+
+    from tttkd.core import DatasetError
+    from tttkd.pipeline.datasets.s3dis_text import count_lines, read_xyzrgb
+
+    path = tmp_path / "wall_1.txt"
+    path.write_bytes(GOOD_ALIGNED)
+    real_open = builtins.open
+
+    def failing_open(file, *args, **kwargs):
+        if str(file) == str(path):
+            raise OSError(errno.EIO, "Input/output error")
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", failing_open)
+    monkeypatch.setattr(Path, "read_bytes", lambda self: failing_open(self))
+    for read in (read_xyzrgb, count_lines):
+        with pytest.raises(DatasetError, match=r"cannot read \(Input/output error\)") as e:
+            read(path, scene="Area_1/office_1")
+        assert e.value.file == str(path) and e.value.scene == "Area_1/office_1"
+        assert "completely extracted and readable" in str(e.value)
