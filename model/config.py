@@ -181,6 +181,13 @@ class RuntimeConfig:
     )
     amp: bool = setting(True, help="bf16 autocast, on CUDA only")
     num_workers: int = setting(4, help="data-loading worker processes")
+    scene_cache_mb: int = setting(
+        2048,
+        min=0,
+        help="MiB of decoded scenes each training process keeps in memory, so a scene is read "
+        "from the cache once per run, not every epoch (same results); used with "
+        "runtime.num_workers=0 (workers restart every epoch); 0 = off",
+    )
     threads: int | None = setting(
         None,
         help="torch CPU threads in the training process [default: torch's; DDP on CPU: cores / "
@@ -304,6 +311,7 @@ def validate(cfg: TrainConfig) -> None:
         (0 < cfg.augment.crop_min_fraction <= 1, "augment.crop_min_fraction", "in (0, 1]"),
         (cfg.augment.max_points >= 0, "augment.max_points", "must be >= 0 (0 = no cap)"),
         (cfg.runtime.num_workers >= 0, "runtime.num_workers", "must be >= 0"),
+        (cfg.runtime.scene_cache_mb >= 0, "runtime.scene_cache_mb", "must be >= 0 (0 = off)"),
         (cfg.runtime.threads is None or cfg.runtime.threads >= 1, "runtime.threads", ">= 1"),
         (cfg.runtime.log_every >= 1, "runtime.log_every", "must be >= 1"),
         (cfg.runtime.val_every >= 1, "runtime.val_every", "must be >= 1"),

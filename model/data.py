@@ -13,13 +13,16 @@ its voxel row.
 
 Randomness: an item is a pure function of ``(seed, epoch, index)`` (one numpy Generator per
 item), so DataLoader workers, their number and a resumed run all see the same data.
-The cache is opened lazily, once per worker process.
+The cache is opened lazily, once per worker process. With a :class:`SceneMemo` (training in
+the main process, ``runtime.scene_cache_mb``) each scene is read and decoded once and its image
+subsets are cut in memory; the items are bit-identical to those read from the cache.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -30,6 +33,10 @@ from tttkd.core import DatasetError
 from tttkd.model.augment import PointSet, augment, mix3d
 from tttkd.model.batch import Batch, Sample, collate
 from tttkd.model.config import AugmentConfig
+from tttkd.model.scene_memo import SceneMemo, estimated_bytes, image_subset, without_full_points
+
+if TYPE_CHECKING:
+    from tttkd.pipeline.cache import SceneRecord
 
 __all__ = ["CacheSceneDataset", "Item", "TrainBatch", "collate_items", "rgb_to_features"]
 
@@ -131,6 +138,7 @@ class CacheSceneDataset(Dataset):
         seed: int = 0,
         scene_ids: Sequence[str] | None = None,
         storage_options: dict | None = None,
+        memo: SceneMemo | None = None,
     ) -> None:
         from tttkd.pipeline.cache import Cache, warn_incomplete
 
@@ -145,6 +153,7 @@ class CacheSceneDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         self.storage_options = storage_options
+        self.memo = memo  # decoded scenes kept in this process (None: read every time)
         cache = Cache.open(url, read_only=True, storage_options=storage_options)
         if scene_ids is None:
             warn_incomplete(cache)  # skipped scenes are counted, never silent
@@ -161,6 +170,7 @@ class CacheSceneDataset(Dataset):
     def __getstate__(self) -> dict:  # workers reopen the cache themselves
         state = dict(self.__dict__)
         state["_cache"] = None
+        state["memo"] = None  # a worker's memo would die with it at the end of the epoch
         return state
 
     @property
@@ -185,24 +195,61 @@ class CacheSceneDataset(Dataset):
         """Scene ``index`` as a PointSet, with a random image subset when training with images."""
         sid = self.scene_ids[index]
         if not self.with_images:
-            rec = self.cache.read_points(sid)
+            rec = self._points(sid)
+            pairs = (rec.corr_point, rec.corr_image, rec.corr_uv)
             maps: list[np.ndarray] = []
+        elif self._memo_admits("scene", sid):
+            rec = self.memo.get(("scene", sid), lambda: self._read_whole_scene(sid))
+            chosen = self._choose_images(rec.num_images, rng)
+            pairs = image_subset(rec, np.asarray(chosen, dtype=np.int64))
+            maps = [rec.features[i] for i in chosen]
         else:
-            n_img = int(self.cache.scene_info(sid)["counts"]["images"])
-            k = n_img if self.max_images == 0 else min(self.max_images, n_img)
-            chosen = np.sort(rng.choice(n_img, size=k, replace=False)) if k else []
+            chosen = self._choose_images(int(self.cache.scene_info(sid)["counts"]["images"]), rng)
             rec = self.cache.read_scene(sid, images=chosen, features=True)
+            pairs = (rec.corr_point, rec.corr_image, rec.corr_uv)
             maps = [rec.features[i] for i in range(len(rec.features))]
+        corr_point, corr_image, corr_uv = pairs
         return PointSet(
             xyz=rec.xyz.astype(np.float64),
             rgb=rec.rgb.astype(np.float32),
             label=rec.label.astype(np.int64),
-            corr_point=rec.corr_point.astype(np.int64),
-            corr_image=rec.corr_image.astype(np.int64),
-            corr_uv=rec.corr_uv.astype(np.float32),
+            corr_point=corr_point.astype(np.int64),
+            corr_image=corr_image.astype(np.int64),
+            corr_uv=corr_uv.astype(np.float32),
             maps=maps,
             scene_id=sid,
         )
+
+    def _choose_images(self, n_img: int, rng: np.random.Generator) -> np.ndarray | list:
+        """The sorted random subset of at most ``max_images`` of ``n_img`` images."""
+        k = n_img if self.max_images == 0 else min(self.max_images, n_img)
+        return np.sort(rng.choice(n_img, size=k, replace=False)) if k else []
+
+    def _memo_admits(self, kind: str, sid: str) -> bool:
+        """Whether the memo holds (or will keep) ``sid``'s record of ``kind``: ``scene``
+        (every image, decoded), ``points`` or ``points+full`` (with the full-resolution map)."""
+        if self.memo is None:
+            return False
+        return self.memo.admits(
+            (kind, sid),
+            lambda: estimated_bytes(
+                self.cache.scene_info(sid)["counts"],
+                features=kind == "scene",
+                full_points=kind == "points+full",
+            ),
+        )
+
+    def _read_whole_scene(self, sid: str) -> SceneRecord:
+        return without_full_points(self.cache.read_scene(sid, features=True))
+
+    def _points(self, sid: str) -> SceneRecord:
+        """``read_points`` of ``sid``, through the memo when it admits the scene."""
+        kind = "points+full" if self.full_resolution else "points"
+        if not self._memo_admits(kind, sid):
+            return self.cache.read_points(sid)
+        if self.full_resolution:
+            return self.memo.get((kind, sid), lambda: self.cache.read_points(sid))
+        return self.memo.get((kind, sid), lambda: without_full_points(self.cache.read_points(sid)))
 
     def __getitem__(self, index: int) -> Item:
         if not self.train:
@@ -221,7 +268,7 @@ class CacheSceneDataset(Dataset):
 
     def _val_item(self, index: int) -> Item:
         sid = self.scene_ids[index]
-        rec = self.cache.read_points(sid)
+        rec = self._points(sid)
         ps = PointSet.points_only(rec.xyz, rec.rgb, rec.label, scene_id=sid)
         sample, labels = to_sample(ps, self.voxel_size, with_corr=False)
         item = Item(sample, labels)

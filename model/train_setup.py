@@ -20,6 +20,7 @@ from tttkd.model.distributed import DistInfo
 from tttkd.model.mae import MAEConfig
 from tttkd.model.minkunet import build_backbone
 from tttkd.model.network import KDHeadConfig, SegKDNet
+from tttkd.model.scene_memo import SceneMemo
 from tttkd.model.sparse.base import BackendUnavailableError
 from tttkd.model.sparse.select import resolve_backend as select_backend
 
@@ -135,6 +136,9 @@ def make_datasets(
     cfg: TrainConfig, cache_url: str, storage_options: dict | None
 ) -> tuple[CacheSceneDataset, CacheSceneDataset | None]:
     d = cfg.data
+    # one memo for both sets, one budget; DataLoader workers restart every epoch, so a memo
+    # pays only in the main process
+    memo = SceneMemo.from_mb(cfg.runtime.scene_cache_mb) if cfg.runtime.num_workers == 0 else None
     train_ids = val_ids = None
     if d.val_fraction > 0:  # validate on held-out training scenes (model/selection.py)
         from tttkd.model.selection import held_out_scenes
@@ -155,6 +159,7 @@ def make_datasets(
         seed=cfg.seed,
         scene_ids=train_ids,
         storage_options=storage_options,
+        memo=memo,
     )
     if d.val_split is None and val_ids is None:
         return train_set, None
@@ -166,6 +171,7 @@ def make_datasets(
         full_resolution=d.val_full_resolution,
         scene_ids=val_ids,
         storage_options=storage_options,
+        memo=memo,
     )
     return train_set, val_set
 
