@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 from tttkd.pipeline.plan import SceneJob
-from tttkd.pipeline.prep_scene import SceneResult
+from tttkd.pipeline.scene_result import SceneResult
 
 
 class Executor(Protocol):
@@ -176,6 +176,6 @@ class DaskExecutor:
 
 def _lost(job: SceneJob, e: BaseException) -> SceneResult:
     """A task that raised on its worker (a lost worker: KilledWorker, or a teacher failure)."""
-    from tttkd.pipeline.prep_scene import _reason
+    from tttkd.pipeline.scene_result import failure_reason
 
-    return SceneResult(job.scene_id, "failed", f"worker lost or task failed: {_reason(e)}")
+    return SceneResult(job.scene_id, "failed", f"worker lost or task failed: {failure_reason(e)}")

@@ -64,7 +64,7 @@ def test_local_cluster_has_one_teacher_worker_per_gpu(workers, gpus):
 
 
 def test_expected_hours_are_bound_by_the_slower_stage():
-    from tttkd.pipeline.run import estimate_hours
+    from tttkd.pipeline.dry_run import estimate_hours
 
     # points only: 3600 scenes at 2 s each on 4 workers = 0.5 h
     e = estimate_hours(3600, 0, 2.0, None, [], workers=4)
