@@ -175,9 +175,7 @@ def write_matterport_dataset(
     truth = MatterportTruth(root=root, scans_root=scans)
     split_lists: dict[str, list[str]] = {s: [] for s in SPLITS}
     for h in range(-(-num_scenes // regions_per_house)):
-        house = "".join(rng.choice(list(_ID_CHARS), 11))  # drawn even when named: same stream
-        if house_ids is not None:
-            house = house_ids[h]
+        house = _house_id(rng, h, house_ids)
         split = splits[h] if splits is not None else SPLITS[h % 3]
         split_lists[split].append(house)
         rooms = _house_rooms(rng, min(regions_per_house, num_scenes - h * regions_per_house))
@@ -193,12 +191,27 @@ def write_matterport_dataset(
             domain=domain,
             rng=rng,
         )
-    write_mapping(scans / "metadata" / "category_mapping.tsv", cats.rows)
+    _write_tables(scans, cats.rows, split_lists)
+    return truth
+
+
+def _house_id(rng: np.random.Generator, h: int, house_ids: Sequence[str] | None) -> str:
+    """House ``h``'s id: ``house_ids[h]``, else 11 random characters like the real ids (drawn
+    in both cases, so naming the houses leaves the rest of the stream unchanged)."""
+    drawn = "".join(rng.choice(list(_ID_CHARS), 11))
+    return drawn if house_ids is None else house_ids[h]
+
+
+def _write_tables(
+    scans: Path, rows: list[tuple[int, str, str]], splits: dict[str, list[str]]
+) -> None:
+    """The dataset-wide files: ``metadata/category_mapping.tsv`` and the benchmark split lists
+    ``tasks/benchmark/scenes_<split>.txt``."""
+    write_mapping(scans / "metadata" / "category_mapping.tsv", rows)
     bench = scans / "tasks" / "benchmark"
     bench.mkdir(parents=True, exist_ok=True)
-    for s, houses in split_lists.items():
+    for s, houses in splits.items():
         (bench / f"scenes_{s}.txt").write_text("".join(f"{x}\n" for x in houses))
-    return truth
 
 
 def _write_house(
