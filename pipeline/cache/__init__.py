@@ -1,10 +1,11 @@
 """The teacher cache (a Zarr store): ``Cache`` writes and reads it; nothing else knows its layout.
 
 Import from ``tttkd.pipeline.cache`` only. Inside: ``store`` (the ``Cache`` class and the layout
-it owns), ``layout`` (paths and group helpers), ``records`` (``CacheMeta``, ``SceneRecord``),
-``codecs`` (feature codecs and the PCA basis), ``encode`` (checks before a write),
-``integrity`` (checksums and checked reads); ``testing`` makes synthetic records for tests
-and benchmarks.
+it owns), ``opening`` (what create/open find at the root), ``reading`` (reads of one scene
+group), ``layout`` (paths and group helpers), ``records`` (``CacheMeta``, ``SceneRecord``),
+``record_checks`` (a record's consistency), ``codecs`` (feature codecs and the PCA basis),
+``encode`` (checks before a write), ``integrity`` (checksums and checked reads); ``testing``
+makes synthetic records for tests and benchmarks.
 """
 
 from tttkd.pipeline.cache.codecs import PcaBasis, fit_pca, parse_codec

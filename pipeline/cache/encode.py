@@ -15,13 +15,8 @@ from tttkd.pipeline.cache.codecs import (
     encode_features,
     feature_cosine,
 )
-from tttkd.pipeline.cache.records import (
-    CacheError,
-    CacheMeta,
-    SceneRecord,
-    record_problems,
-    to_jsonable,
-)
+from tttkd.pipeline.cache.record_checks import record_problems
+from tttkd.pipeline.cache.records import CacheError, CacheMeta, SceneRecord, to_jsonable
 
 
 def encode_scene(

@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from tttkd.pipeline.cache.records import UV_MARGIN, CacheError
+from tttkd.pipeline.cache.record_checks import UV_MARGIN
+from tttkd.pipeline.cache.records import CacheError
 
 MANIFEST = "integrity"  # scene attrs key
 ROOT_DIGEST = "meta_sha256"  # root attrs key

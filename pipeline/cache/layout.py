@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from tttkd.pipeline.cache.codecs import parse_codec
-from tttkd.pipeline.cache.records import CacheMeta, SceneRecord, record_problems
+from tttkd.pipeline.cache.record_checks import record_problems
+from tttkd.pipeline.cache.records import CacheMeta, SceneRecord
 
 FORMAT = "tttkd-teacher-cache"
 SCENES = "scenes"

@@ -22,8 +22,9 @@ Every array is zstd-compressed; no object or variable-length dtypes. Scene ids m
 "/" (S3DIS ``Area_5/office_1``): group names escape every character outside ``[A-Za-z0-9._-]``
 as ``~XX`` (UTF-8 bytes, e.g. ``Area_5~2Foffice_1``), reversibly; the id is also in the attrs.
 Helpers (this package): paths and group-level checks in ``layout.py``, feature codecs in
-``codecs.py``, ``CacheMeta``/``SceneRecord`` in ``records.py``, record checks and
-encoding before a write in ``encode.py``.
+``codecs.py``, ``CacheMeta``/``SceneRecord`` in ``records.py``, record checks in
+``record_checks.py``, encoding before a write in ``encode.py``, root checks of create/open
+in ``opening.py``, reads of a scene group in ``reading.py``.
 
 Reliability: only the driver writes root metadata (``create``, ``set_pca``); ``write_scene``
 touches only its own scene group, deletes a leftover incomplete group first, and sets
@@ -52,9 +53,7 @@ from tttkd.pipeline.cache.codecs import (
 from tttkd.pipeline.cache.encode import encode_scene, scene_attrs
 from tttkd.pipeline.cache.integrity import (
     MANIFEST,
-    CheckedGroup,
     basis_error,
-    check_root,
     manifest_problems,
     read_basis,
     scene_manifest,
@@ -62,33 +61,27 @@ from tttkd.pipeline.cache.integrity import (
     with_root_digest,
 )
 from tttkd.pipeline.cache.layout import (
-    CAMERA_ARRAYS,
-    CORR_ARRAYS,
-    FEATURES,
     FORMAT,
-    NAMES,
-    OFFSETS,
     PCA,
-    POINT_ARRAYS,
     SCENES,
     decode_scene_id,
     encode_scene_id,
     list_scene_groups,
     open_store,
-    read_corr_subset,
     read_group_attrs,
     run_sync,
     scene_path,
     verify_group,
     write_group_arrays,
 )
+from tttkd.pipeline.cache.opening import checked_root_attrs, resumable_meta
+from tttkd.pipeline.cache.reading import complete_group, read_points_group, read_scene_group
+from tttkd.pipeline.cache.record_checks import normalized
 from tttkd.pipeline.cache.records import (
     SCHEMA_VERSION,
     CacheError,
     CacheMeta,
     SceneRecord,
-    normalized,
-    schema_error,
     summarize,
 )
 
@@ -152,33 +145,9 @@ class Cache:
         import zarr
 
         store = open_store(url, read_only=False, storage_options=storage_options)
-        existing = cls._root_attrs(store)
-        if existing is not None and existing.get("format") == FORMAT:
-            if existing.get("schema") == SCHEMA_VERSION and not overwrite:
-                check_root(existing, url)
-                old = CacheMeta.from_dict(existing)
-                diffs = old.conflicts_with(meta)
-                if not diffs:
-                    return cls(store, url, old, False, storage_options)
-                raise CacheError(
-                    "the cache was made with different settings:\n    " + "\n    ".join(diffs),
-                    file=url,
-                    fix="rerun with --overwrite to delete it and start again, or choose "
-                    "another --cache",
-                )
-            if not overwrite:
-                raise CacheError(
-                    f"the cache has schema {existing.get('schema')} (tttkd "
-                    f"{existing.get('tttkd_version')}); this tttkd writes schema {SCHEMA_VERSION}",
-                    file=url,
-                    fix="rerun with --overwrite to rebuild it, or choose another --cache",
-                )
-        elif not run_sync(store.is_empty("")):
-            raise CacheError(
-                "refusing to write: the location is not empty and is not a tttkd cache",
-                file=url,
-                fix="choose an empty or new --cache location",
-            )
+        old = resumable_meta(store, url, meta, overwrite)
+        if old is not None:
+            return cls(store, url, old, False, storage_options)
         attrs = with_root_digest({"format": FORMAT, **meta.to_dict()})
         root = zarr.open_group(store, mode="w", attributes=attrs)
         root.create_group(SCENES)
@@ -190,33 +159,13 @@ class Cache:
     ) -> Cache:
         """Open an existing cache; workers write scenes through it (``read_only=False``)."""
         probe = open_store(url, read_only=True, storage_options=storage_options)
-        attrs = cls._root_attrs(probe)
-        if attrs is None or attrs.get("format") != FORMAT:
-            raise CacheError(
-                "no tttkd cache here" if attrs is None else "this Zarr store is not a tttkd cache",
-                file=url,
-                fix="pass the --cache of a tttkd-prep run (tttkd-prep DATASET --cache feats.zarr)",
-            )
-        if attrs.get("schema") != SCHEMA_VERSION:
-            raise schema_error(attrs, url)
-        check_root(attrs, url)
+        attrs = checked_root_attrs(probe, url)
         store = (
             probe
             if read_only
             else open_store(url, read_only=False, storage_options=storage_options)
         )
         return cls(store, url, CacheMeta.from_dict(attrs), read_only, storage_options)
-
-    @staticmethod
-    def _root_attrs(store: Any) -> dict | None:
-        import zarr
-
-        if not run_sync(store.exists("zarr.json")):
-            return None
-        try:
-            return dict(zarr.open_group(store, mode="r").attrs)
-        except Exception:  # an array or unreadable metadata at the root: not ours
-            return {}
 
     # ---- PCA basis (driver only) ---------------------------------------------------------
     @property
@@ -358,92 +307,21 @@ class Cache:
         )
 
     # ---- reading ---------------------------------------------------------------------------
-    def _complete_group(self, scene_id: str) -> Any:
-        import zarr
-
-        path = scene_path(encode_scene_id(scene_id))
-        try:
-            g = zarr.open_group(self._store, path=path, mode="r")
-        except Exception as e:
-            raise CacheError(
-                "no such scene in the cache",
-                file=self.url,
-                scene=scene_id,
-                fix="list the scenes with Cache.scene_ids() / tttkd-prep inspect",
-            ) from e
-        if not g.attrs.get("complete"):
-            raise CacheError(
-                "the scene is incomplete (its write was interrupted)",
-                file=self.url,
-                scene=scene_id,
-                fix="rerun tttkd-prep with the same --cache; it redoes incomplete scenes",
-            )
-        return CheckedGroup(self._store, path, g, scene_id, self.url)  # chunks present
-
     def read_scene(
         self, scene_id: str, *, images: Sequence[int] | None = None, features: bool = True
     ) -> SceneRecord:
         """One complete scene; ``images`` reads only those feature chunks and re-indexes
         the correspondences to positions in ``images`` (order kept)."""
-        g = self._complete_group(scene_id)
-        arrays = {f: g[k][...] for k, f in POINT_ARRAYS + CAMERA_ARRAYS}
-        names = [str(s) for s in g[NAMES][...]]
-        offsets = g[OFFSETS][...]
-        n_img = len(arrays["K"])
-        if images is None:
-            idx = None
-            corr = {f: g[k][...] for k, f in CORR_ARRAYS}
-        else:
-            idx = np.asarray(images, dtype=np.int64).reshape(-1)
-            if idx.size and (idx.min() < 0 or idx.max() >= n_img):
-                raise CacheError(
-                    f"image indices must lie in 0..{n_img - 1}, got {idx.tolist()}",
-                    file=self.url,
-                    scene=scene_id,
-                )
-            for f in ("K", "c2w", "image_size"):
-                arrays[f] = arrays[f][idx]
-            names = [names[i] for i in idx]
-            corr, offsets = read_corr_subset(g, offsets, idx)
-        feats = None
-        if features:
-            arr = g[FEATURES]
-            if idx is None:
-                stored = arr[...]
-            elif idx.size:
-                stored = arr.oindex[idx]
-            else:
-                stored = np.empty((0, *arr.shape[1:]), dtype=arr.dtype)
-            feats = decode_features(stored, self.codec, self._basis(scene_id))
-        return SceneRecord(
-            scene_id=scene_id,
-            split=g.attrs.get("split"),
-            features=feats,
-            image_names=names,
-            corr_offsets=offsets,
-            attrs=dict(g.attrs.get("info", {})),
-            **arrays,
-            **corr,
-        )
+        g = complete_group(self._store, self.url, scene_id)
+
+        def decode(stored: np.ndarray) -> np.ndarray:
+            return decode_features(stored, self.codec, self._basis(scene_id))
+
+        return read_scene_group(g, scene_id, self.url, images, decode if features else None)
 
     def read_points(self, scene_id: str) -> SceneRecord:
         """Points and full-resolution labels only (evaluation): no images, no correspondences."""
-        g = self._complete_group(scene_id)
-        return SceneRecord(
-            scene_id=scene_id,
-            split=g.attrs.get("split"),
-            features=None,
-            K=np.zeros((0, 3, 3), np.float32),
-            c2w=np.zeros((0, 4, 4), np.float32),
-            image_size=np.zeros((0, 2), np.int32),
-            image_names=[],
-            corr_point=np.zeros(0, np.int32),
-            corr_image=np.zeros(0, np.int16),
-            corr_uv=np.zeros((0, 2), np.float32),
-            corr_offsets=np.zeros(1, np.int64),
-            attrs=dict(g.attrs.get("info", {})),
-            **{f: g[k][...] for k, f in POINT_ARRAYS},
-        )
+        return read_points_group(complete_group(self._store, self.url, scene_id), scene_id)
 
     # ---- inspection ------------------------------------------------------------------------
     def verify(
