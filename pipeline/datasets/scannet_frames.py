@@ -203,7 +203,7 @@ def _posed_frames(t: _Tree, scene: str, stride: int | None) -> list[tuple[int, n
             posed.append((i, c2w))
         elif not np.all(np.isneginf(c2w)):  # -inf everywhere: a lost track, ScanNet's data
             damaged.append(str(path))
-    # the caller of load_scene (via _load_frames, frames_from_tree, _posed_frames)
+    # the caller of load_scene (via load_frames, frames_from_tree, _posed_frames)
     warn_damaged_poses("pose file", damaged, stacklevel=5)
     for i, _ in posed:
         if f"{t.name_of(i)}.jpg" not in colors:
@@ -310,7 +310,7 @@ def frames_from_sens(
             keep.append(i)
         elif not np.all(np.isneginf(c2w)):  # -inf everywhere: a lost track, ScanNet's data
             damaged.append(f"{i:06d}")
-    # the caller of load_scene (via _load_frames, frames_from_sens)
+    # the caller of load_scene (via load_frames, frames_from_sens)
     warn_damaged_poses(f"pose in {path}", [f"frame {n}" for n in damaged], stacklevel=4)
     if not keep:
         return []

@@ -176,8 +176,9 @@ def test_auto_direction_falls_back_when_the_data_says_so(
             f"{a[0]:.3f} {a[1]:.3f} {a[2]:.3f} {c[0]} {c[1]} {c[2]}" for a, c in zip(p, cloud.rgb)
         ]
         (al_ann / f.name).write_text("\n".join(rows) + "\n")
-    with pytest.warns(UserWarning, match=r"only with Rz\(\+θ\)"):
+    with pytest.warns(UserWarning, match=r"only with Rz\(\+θ\)") as caught:
         scene = s3dis.load_scene(root, scene_id)
+    assert [w.filename for w in caught] == [__file__]  # the line that called load_scene
     for frame in scene.frames:
         want = flip @ next(f for f in truth.frames if f.name == frame.name).c2w_raw
         np.testing.assert_allclose(frame.c2w, want, atol=1e-4)
