@@ -4,6 +4,7 @@ own process gives exactly the weights it gives run here, one after another."""
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,12 @@ def test_concurrent_trainings_give_the_sequential_weights(tiny_cache, tmp_path):
     joint, src = runs["sequential"]["joint"], runs["sequential"]["source_only"]
     shared = [k for k in joint if k in src and joint[k].shape == src[k].shape]
     assert any(not torch.equal(joint[k], src[k]) for k in shared)
+
+
+def test_runs_start_without_dask_malloc_setting(monkeypatch):
+    # a local Dask cluster sets it in this process's environment; a run started with it keeps
+    # every tensor above 128 KiB in a fresh mmap (page faults)
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+    got = run_in_processes([(os.getenv, ("MALLOC_TRIM_THRESHOLD_",))] * 2, processes=2)
+    assert got == [None, None]
+    assert os.environ["MALLOC_TRIM_THRESHOLD_"] == "65536"  # put back here
