@@ -94,6 +94,7 @@ def resolve_version_root(root: str | Path, version: Version | None = None) -> tu
 
 
 def check_split(split: str | None) -> None:
+    """A clear error for a split name S3DIS does not have (before any folder is listed)."""
     if split not in (None, "train", "val", "test"):
         raise ValueError(f"S3DIS split must be 'train', 'val' or 'test' (or None), got {split!r}")
 

@@ -22,6 +22,7 @@ LABEL_TSV = "scannetv2-labels.combined.tsv"
 
 
 def find_label_tsv(root: Path, labels_tsv: str | Path | None, scene_id: str) -> Path:
+    """``labels_tsv``, else the TSV where the download script or a user may have put it."""
     if labels_tsv is not None:
         return need_file(Path(labels_tsv), scene_id, "pass the path of " + LABEL_TSV)
     places = [root, root / "tasks", root / "Tasks", root.parent]

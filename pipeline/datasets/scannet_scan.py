@@ -42,6 +42,7 @@ def read_meta(path: Path, scene_id: str) -> dict[str, str]:
 
 
 def axis_alignment(meta: dict[str, str], path: Path, scene_id: str) -> np.ndarray:
+    """The scan's 4x4 ``axisAlignment``; absent (test scans) or malformed is an error."""
     if "axisAlignment" not in meta:
         raise DatasetError(
             "align=True but the scene has no axisAlignment (test scans have none)",

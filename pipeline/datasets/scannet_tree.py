@@ -78,6 +78,7 @@ def _read_lines(path: str, mtime_ns: int) -> tuple[str, ...]:
 
 
 def read_split(path: Path) -> list[str]:
+    """The scene ids of a split list (cached per file and mtime: every scene asks for it)."""
     return list(_read_lines(str(path), os.stat(path).st_mtime_ns))
 
 
@@ -106,6 +107,7 @@ def scene_split(
 
 
 def find_scan_dir(root: str | Path, scene_id: str) -> Path:
+    """The scan folder of ``scene_id``; an unknown id is an error naming every place looked."""
     root = Path(root)
     dirs = scan_dirs(root) or [root / "scans", root / "scans_test"]
     for d in dirs:
