@@ -114,14 +114,7 @@ def run_captured_steps(
     optimizer.zero_grad(set_to_none=True)
     graph = torch.cuda.CUDAGraph()
     try:
-        with torch.cuda.graph(graph):
-            loss = loss_fn()
-            loss.backward()
-            if guard is not None:
-                stats = torch.stack([loss.detach(), _grad_norm_tensor(params)])
-            else:
-                stats = loss.detach().reshape(1)
-            optimizer.step()
+        stats = _capture(graph, optimizer, params, loss_fn, with_grad_norm=guard is not None)
     except RuntimeError as err:
         warnings.warn(
             f"CUDA graph capture of the TTT step failed, running eagerly: {err}", stacklevel=3
@@ -132,20 +125,48 @@ def run_captured_steps(
                 break
         return
     try:
-        for step in range(1, steps):
-            torch.cuda.synchronize(device)
-            t0 = time.perf_counter()
-            graph.replay()
-            values = stats.tolist()  # waits for the replay
-            log.step_ms.append((time.perf_counter() - t0) * 1e3)
-            log.losses.append(values[0])
-            if not math.isfinite(values[0]):  # as the eager loop: stop, guard or not
-                log.divergence = guard.check(step, values[0]) if guard else None
-                break
-            verdict = guard.check(step, values[0], values[1]) if guard else None
-            if verdict is not None:
-                log.divergence = verdict  # the update is applied; callers discard the weights
-                break
+        _replay(graph, stats, log, steps=steps, guard=guard, device=device)
     finally:
         optimizer.zero_grad(set_to_none=True)  # grads live in the graph's memory pool
         del graph
+
+
+def _capture(
+    graph: torch.cuda.CUDAGraph,
+    optimizer: torch.optim.Optimizer,
+    params: list[nn.Parameter],
+    loss_fn: Callable[[], Tensor],
+    *,
+    with_grad_norm: bool,
+) -> Tensor:
+    """Capture one whole step into ``graph``; returns the tensor each replay refills with
+    the loss (and the gradient norm, for the guard)."""
+    with torch.cuda.graph(graph):
+        loss = loss_fn()
+        loss.backward()
+        if with_grad_norm:
+            stats = torch.stack([loss.detach(), _grad_norm_tensor(params)])
+        else:
+            stats = loss.detach().reshape(1)
+        optimizer.step()
+    return stats
+
+
+def _replay(
+    graph: torch.cuda.CUDAGraph, stats: Tensor, log, *, steps: int, guard, device: torch.device
+) -> None:
+    """Steps ``1..steps-1`` by replay, each judged as the eager loop judges its steps."""
+    for step in range(1, steps):
+        torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        graph.replay()
+        values = stats.tolist()  # waits for the replay
+        log.step_ms.append((time.perf_counter() - t0) * 1e3)
+        log.losses.append(values[0])
+        if not math.isfinite(values[0]):  # as the eager loop: stop, guard or not
+            log.divergence = guard.check(step, values[0]) if guard else None
+            break
+        verdict = guard.check(step, values[0], values[1]) if guard else None
+        if verdict is not None:
+            log.divergence = verdict  # the update is applied; callers discard the weights
+            break

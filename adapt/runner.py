@@ -323,51 +323,16 @@ def summarize(
 ) -> AdaptResult:
     """Merge the records in a fixed order (methods, then scenes as selected)."""
     spec, info, cache = setup.spec, setup.info, setup.cache
-    cfg, scene_ids, n = spec.cfg, setup.scene_ids, len(setup.scene_ids)
-    device = torch.device(cfg.device)
+    cfg, scene_ids = spec.cfg, setup.scene_ids
     results: dict[str, dict[str, Any]] = {}
     for name in cfg.methods:
-        mine = [records[name, sid] for sid in scene_ids]
-        evaluator = Evaluator(spec.mapping)
-        for rec in mine:
-            evaluator.confusion += np.asarray(rec["confusion"], dtype=np.int64)
-        per_scene = {rec["scene"]: rec["record"] for rec in mine}
-        fallbacks = [
-            {"scene": sid, **rec["fallback"]}
-            for sid, rec in per_scene.items()
-            if rec.get("fallback")
-        ]
-        ms = [t for rec in mine for t in rec["step_ms"]]
-        secs = sum(rec["record"]["seconds"] for rec in mine)
-        results[name] = {
-            "overall": evaluator.overall(),
-            "scenes": per_scene,
-            "fallbacks": fallbacks,
-            "updates": sum(1 for r in per_scene.values() if r["updated"]),
-            "timing": {
-                "seconds": secs,
-                "scenes_per_s": n / secs if secs > 0 else math.inf,
-                "ms_per_step": float(np.mean(ms)) if ms else None,
-                "steps": len(ms),
-            },
-        }
+        results[name] = _method_result(spec.mapping, [records[name, sid] for sid in scene_ids])
+        fallbacks = results[name]["fallbacks"]
         if fallbacks:
             echo(
                 f"{name}: {len(fallbacks)} scene(s) fell back to the unadapted prediction: "
                 + ", ".join(f"{f['scene']} ({f['reason']})" for f in fallbacks)
             )
-    everything = list(records.values())
-    peak = _peak_memory_mb(device)
-    peak["peak_rss_mb"] = max([peak["peak_rss_mb"]] + [r["peak_rss_mb"] for r in everything])
-    timing = {
-        "total_seconds": total_s,
-        "read_seconds": sum(r["read_seconds"] for r in everything),
-        "view_build_ms": sum(r["view_build_ms"] for r in everything),
-        "device": str(device),
-        "torch_threads": torch.get_num_threads() if executor is None else 1,
-        "executor": "serial" if executor is None else "dask",
-        **peak,
-    }
     return AdaptResult(
         config=cfg.to_dict(),
         cache={
@@ -391,10 +356,52 @@ def summarize(
         evaluation=spec.mapping.to_dict(),
         scenes=scene_ids,
         methods=results,
-        timing=timing,
+        timing=_run_timing(list(records.values()), total_s, torch.device(cfg.device), executor),
         class_names=list(spec.mapping.class_names),
         notes=setup.notes,
     )
+
+
+def _method_result(mapping: LabelMapping, mine: list[dict]) -> dict[str, Any]:
+    """One method's overall scores (summed confusions), per-scene records, fallbacks, timing."""
+    evaluator = Evaluator(mapping)
+    for rec in mine:
+        evaluator.confusion += np.asarray(rec["confusion"], dtype=np.int64)
+    per_scene = {rec["scene"]: rec["record"] for rec in mine}
+    fallbacks = [
+        {"scene": sid, **rec["fallback"]} for sid, rec in per_scene.items() if rec.get("fallback")
+    ]
+    ms = [t for rec in mine for t in rec["step_ms"]]
+    secs = sum(rec["record"]["seconds"] for rec in mine)
+    return {
+        "overall": evaluator.overall(),
+        "scenes": per_scene,
+        "fallbacks": fallbacks,
+        "updates": sum(1 for r in per_scene.values() if r["updated"]),
+        "timing": {
+            "seconds": secs,
+            "scenes_per_s": len(mine) / secs if secs > 0 else math.inf,
+            "ms_per_step": float(np.mean(ms)) if ms else None,
+            "steps": len(ms),
+        },
+    }
+
+
+def _run_timing(
+    everything: list[dict], total_s: float, device: torch.device, executor: Any
+) -> dict[str, Any]:
+    """The run's wall time, reading and view-building time, peak memory (driver and tasks)."""
+    peak = _peak_memory_mb(device)
+    peak["peak_rss_mb"] = max([peak["peak_rss_mb"]] + [r["peak_rss_mb"] for r in everything])
+    return {
+        "total_seconds": total_s,
+        "read_seconds": sum(r["read_seconds"] for r in everything),
+        "view_build_ms": sum(r["view_build_ms"] for r in everything),
+        "device": str(device),
+        "torch_threads": torch.get_num_threads() if executor is None else 1,
+        "executor": "serial" if executor is None else "dask",
+        **peak,
+    }
 
 
 def _palette(info: CheckpointInfo) -> np.ndarray:

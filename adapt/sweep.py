@@ -17,7 +17,7 @@ writes ``dev_scenes.json`` with that subset and the scenes left to report on.
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,6 +122,33 @@ def run_sweeps(
     if dev_scenes is not None:
         base = base.with_(scenes=tuple(split_dev_scenes(base, cache, dev_scenes, out, echo)))
     values = {**DEFAULT_VALUES, **(values or {})}
+    _check_request(sweeps, method, teachers)
+    rows: list[SweepPoint] = []
+    plan = _plan(base, cache, checkpoint, sweeps, values, momentum_steps, teachers, method)
+    for p in plan:  # lazily: a point's config is built when the points before it have run
+        echo(f"sweep {p.tag}: {', '.join(p.cfg.methods)}")
+        folder = out / "runs" / p.tag
+        res = run_adaptation(
+            p.cfg,
+            p.cache,
+            p.checkpoint,
+            out=folder if resume else None,
+            echo=echo,
+            progress=progress,
+            executor=executor,
+            resume=resume,
+            overwrite=overwrite,
+        ).to_dict()
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(res, folder / "results.json")
+        rows += _points(p.sweep, p.value, res, p.cfg, p.teacher)
+    write_sweep_csv(rows, out / "sweep.csv")
+    plot_sweeps(rows, out)
+    return rows
+
+
+def _check_request(sweeps: Sequence[str], method: str, teachers: Sequence[TeacherPair]) -> None:
+    """Refuse unknown sweeps or methods, and sweeps the method or the inputs cannot run."""
     unknown = [s for s in sweeps if s not in SWEEPS]
     if unknown:
         raise AdaptConfigError(f"unknown sweep(s) {unknown}; choose from {', '.join(SWEEPS)}")
@@ -135,61 +162,63 @@ def run_sweeps(
         )
     if "teacher" in sweeps and not teachers:
         raise AdaptConfigError("the teacher sweep needs --teacher NAME=CACHE::CHECKPOINT pairs")
-    rows: list[SweepPoint] = []
 
-    def run(tag: str, cfg: AdaptConfig, c: str = cache, ck: str = checkpoint) -> dict:
-        echo(f"sweep {tag}: {', '.join(cfg.methods)}")
-        folder = out / "runs" / tag
-        res = run_adaptation(
-            cfg,
-            c,
-            ck,
-            out=folder if resume else None,
-            echo=echo,
-            progress=progress,
-            executor=executor,
-            resume=resume,
-            overwrite=overwrite,
-        ).to_dict()
-        folder.mkdir(parents=True, exist_ok=True)
-        write_json(res, folder / "results.json")
-        return res
 
-    source = None
+@dataclass(frozen=True)
+class _Point:
+    """One run of a sweep: its folder ``runs/<tag>``, its config and inputs, its csv keys."""
+
+    tag: str
+    sweep: str
+    value: float | str
+    cfg: AdaptConfig
+    cache: str
+    checkpoint: str
+    teacher: str = ""
+
+
+def _plan(
+    base: AdaptConfig,
+    cache: str,
+    checkpoint: str,
+    sweeps: Sequence[str],
+    values: dict[str, Sequence[float]],
+    momentum_steps: Sequence[int],
+    teachers: Sequence[TeacherPair],
+    method: str,
+) -> Iterator[_Point]:
+    """The runs in order: ``source`` once (when a sweep compares with it), then each sweep's."""
     if any(s in sweeps for s in ("steps", "images", "stride", "momentum", "lr")):
-        src_cfg = base.with_(methods=("source",))
-        source = run("source", src_cfg)
-        rows += _points("source", "-", source, src_cfg, "")
+        yield _Point("source", "source", "-", base.with_(methods=("source",)), cache, checkpoint)
     for sweep in sweeps:
         if sweep == "teacher":
             for pair in teachers:
                 cfg = base.with_(methods=("source", method))
-                res = run(f"teacher_{pair.name}", cfg, pair.cache, pair.checkpoint)
-                rows += _points("teacher", pair.name, res, cfg, pair.name)
-            continue
-        if sweep == "momentum":
+                yield _Point(f"teacher_{pair.name}", "teacher", pair.name, cfg, pair.cache,
+                             pair.checkpoint, pair.name)  # fmt: skip
+        elif sweep == "momentum":
             for mom in values["momentum"]:
                 for steps in momentum_steps:
                     cfg = base.with_(methods=(method,), momentum=float(mom), steps=int(steps))
-                    res = run(f"momentum_{mom:g}_steps_{steps}", cfg)
-                    rows += _points("momentum", float(mom), res, cfg, "")
-            continue
-        for v in values[sweep]:
-            if sweep == "steps" and method == "adacontrast":
-                cfg = base.with_(methods=(method,), ac_steps=int(v))
-            elif sweep == "steps":
-                cfg = base.with_(methods=(method,), steps=int(v))
-            elif sweep == "images":
-                cfg = base.with_(methods=("ttt-kd",), max_images=int(v))
-            elif sweep == "lr":
-                cfg = base.with_(methods=(method,), lr=float(v))
-            else:  # stride
-                cfg = base.with_(methods=("ttt-kd-online",), stride=int(v))
-            res = run(f"{sweep}_{v:g}", cfg)
-            rows += _points(sweep, v, res, cfg, "")
-    write_sweep_csv(rows, out / "sweep.csv")
-    plot_sweeps(rows, out)
-    return rows
+                    yield _Point(f"momentum_{mom:g}_steps_{steps}", "momentum", float(mom), cfg,
+                                 cache, checkpoint)  # fmt: skip
+        else:
+            for v in values[sweep]:
+                cfg = _swept_config(base, sweep, v, method)
+                yield _Point(f"{sweep}_{v:g}", sweep, v, cfg, cache, checkpoint)
+
+
+def _swept_config(base: AdaptConfig, sweep: str, v: float, method: str) -> AdaptConfig:
+    """The config of one value of a one-option sweep (steps, images, lr, stride)."""
+    if sweep == "steps" and method == "adacontrast":
+        return base.with_(methods=(method,), ac_steps=int(v))
+    if sweep == "steps":
+        return base.with_(methods=(method,), steps=int(v))
+    if sweep == "images":
+        return base.with_(methods=("ttt-kd",), max_images=int(v))
+    if sweep == "lr":
+        return base.with_(methods=(method,), lr=float(v))
+    return base.with_(methods=("ttt-kd-online",), stride=int(v))  # stride
 
 
 def split_dev_scenes(
@@ -258,49 +287,64 @@ def plot_sweeps(rows: Sequence[SweepPoint], out: Path) -> Path | None:
         pts = [r for r in rows if r.sweep == sweep]
         ax.set_title(f"({letters[sweep]}) {sweep}")
         if sweep == "teacher":
-            names = list(dict.fromkeys(r.value for r in pts))
-            for j, method in enumerate(dict.fromkeys(r.method for r in pts)):
-                vals = [
-                    100 * next((r.miou or 0 for r in pts if r.value == n and r.method == method), 0)
-                    for n in names
-                ]
-                ax.bar([i + 0.4 * j for i in range(len(names))], vals, 0.4, label=method)
-            ax.set_xticks([i + 0.2 for i in range(len(names))], names)
-            ax.set_ylabel("mIoU (%)")
-            ax.legend(fontsize=8)
+            _teacher_bars(ax, pts)
         elif sweep == "momentum":
-            for mom in sorted({r.momentum for r in pts}):
-                line = sorted((r.steps, 100 * (r.miou or 0)) for r in pts if r.momentum == mom)
-                ax.plot(*zip(*line), marker="o", label=f"momentum {mom:g}")
-            ax.set_xlabel("TTT steps")
-            ax.set_ylabel("mIoU (%)")
-            ax.legend(fontsize=8)
+            _momentum_curves(ax, pts)
         else:
-            xs = [float(r.value) for r in pts]
-            ys = [100 * (r.miou or 0) for r in pts]
-            if sweep == "steps" and src is not None:
-                ys = [y - 100 * src for y in ys]
-                ax.set_ylabel("mIoU gain over source")
-            else:
-                ax.set_ylabel("mIoU (%)")
-                if src is not None:
-                    ax.axhline(100 * src, color="gray", ls="--", label="source")
-            ax.plot(xs, ys, marker="o", label=pts[0].method if pts else "")
-            ax.set_xlabel(
-                {
-                    "steps": "TTT steps",
-                    "images": "images per scene",
-                    "stride": "stride (scenes per update)",
-                    "lr": "TTT learning rate",
-                }[sweep]
-            )
-            if sweep == "stride":
-                twin = ax.twinx()
-                twin.plot(xs, [r.scenes_per_s or 0 for r in pts], color="tab:orange", marker="s")
-                twin.set_ylabel("scenes / s", color="tab:orange")
-            ax.legend(fontsize=8)
+            _value_curve(ax, sweep, pts, src)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     path = out / "figure1.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+_X_LABELS = {
+    "steps": "TTT steps",
+    "images": "images per scene",
+    "stride": "stride (scenes per update)",
+    "lr": "TTT learning rate",
+}
+
+
+def _teacher_bars(ax: Any, pts: list[SweepPoint]) -> None:
+    """Panel (c): one bar per (teacher, method)."""
+    names = list(dict.fromkeys(r.value for r in pts))
+    for j, method in enumerate(dict.fromkeys(r.method for r in pts)):
+        vals = [
+            100 * next((r.miou or 0 for r in pts if r.value == n and r.method == method), 0)
+            for n in names
+        ]
+        ax.bar([i + 0.4 * j for i in range(len(names))], vals, 0.4, label=method)
+    ax.set_xticks([i + 0.2 for i in range(len(names))], names)
+    ax.set_ylabel("mIoU (%)")
+
+
+def _momentum_curves(ax: Any, pts: list[SweepPoint]) -> None:
+    """Panel (e): mIoU vs steps, one curve per momentum."""
+    for mom in sorted({r.momentum for r in pts}):
+        line = sorted((r.steps, 100 * (r.miou or 0)) for r in pts if r.momentum == mom)
+        ax.plot(*zip(*line), marker="o", label=f"momentum {mom:g}")
+    ax.set_xlabel("TTT steps")
+    ax.set_ylabel("mIoU (%)")
+
+
+def _value_curve(ax: Any, sweep: str, pts: list[SweepPoint], src: float | None) -> None:
+    """One-option panels: mIoU (the gain over source for steps) vs the value; the stride
+    panel adds scenes/s on a second axis."""
+    xs = [float(r.value) for r in pts]
+    ys = [100 * (r.miou or 0) for r in pts]
+    if sweep == "steps" and src is not None:
+        ys = [y - 100 * src for y in ys]
+        ax.set_ylabel("mIoU gain over source")
+    else:
+        ax.set_ylabel("mIoU (%)")
+        if src is not None:
+            ax.axhline(100 * src, color="gray", ls="--", label="source")
+    ax.plot(xs, ys, marker="o", label=pts[0].method if pts else "")
+    ax.set_xlabel(_X_LABELS[sweep])
+    if sweep == "stride":
+        twin = ax.twinx()
+        twin.plot(xs, [r.scenes_per_s or 0 for r in pts], color="tab:orange", marker="s")
+        twin.set_ylabel("scenes / s", color="tab:orange")

@@ -90,6 +90,47 @@ def _grad_norm(params: list[nn.Parameter]) -> float:
     return float(torch.linalg.vector_norm(torch.cat(grads)))
 
 
+@dataclass
+class _EagerStep:
+    """One eager SGD step of a view, as a callable ``step -> stop`` that appends to ``log``
+    (``run_captured_steps`` calls it for step 0 and after a failed capture)."""
+
+    net: SegKDNet
+    optimizer: torch.optim.Optimizer
+    scene: SceneData
+    view: View
+    kind: str
+    guard: DivergenceGuard | None
+    log: StepLog
+    params: list[nn.Parameter]
+
+    def __call__(self, step: int) -> bool:
+        """True when the loop must stop (a non-finite loss, or the guard's verdict)."""
+        log, guard, device = self.log, self.guard, self.scene.device
+        synchronize(device)
+        t0 = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = kd_loss(self.net, self.scene, self.view, self.kind)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            log.divergence = guard.check(step, value) if guard else None
+            log.step_ms.append((time.perf_counter() - t0) * 1e3)
+            log.losses.append(value)
+            return True
+        loss.backward()
+        grad_norm = _grad_norm(self.params) if guard else None
+        verdict = guard.check(step, value, grad_norm) if guard else None
+        if verdict is None:
+            self.optimizer.step()
+        synchronize(device)
+        log.step_ms.append((time.perf_counter() - t0) * 1e3)
+        log.losses.append(value)
+        if verdict is not None:
+            log.divergence = verdict
+            return True
+        return False
+
+
 def run_kd_steps(
     net: SegKDNet,
     optimizer: torch.optim.Optimizer,
@@ -111,37 +152,11 @@ def run_kd_steps(
     if steps == 0 or scene.num_pairs == 0:
         return log
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    device = scene.device
-
-    def eager_step(step: int) -> bool:
-        """One eager step (appends to ``log``); True when the loop must stop."""
-        synchronize(device)
-        t0 = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        loss = kd_loss(net, scene, view, kind)
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            log.divergence = guard.check(step, value) if guard else None
-            log.step_ms.append((time.perf_counter() - t0) * 1e3)
-            log.losses.append(value)
-            return True
-        loss.backward()
-        grad_norm = _grad_norm(params) if guard else None
-        verdict = guard.check(step, value, grad_norm) if guard else None
-        if verdict is None:
-            optimizer.step()
-        synchronize(device)
-        log.step_ms.append((time.perf_counter() - t0) * 1e3)
-        log.losses.append(value)
-        if verdict is not None:
-            log.divergence = verdict
-            return True
-        return False
-
+    eager_step = _EagerStep(net, optimizer, scene, view, kind, guard, log, params)
     with bn_phase(net, bn_mode, "step"):
         log.captured, _ = graph_decision(
             cuda_graphs,
-            device_type=device.type,
+            device_type=scene.device.type,
             steps=steps,
             backend=view.context.backend.name,
             optimizer=type(optimizer).__name__,

@@ -6,9 +6,10 @@ outputs and ``--config``/``--set``); the resolved config is stored in ``results.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -21,6 +22,7 @@ from tttkd.cli.options import FieldOptions
 
 MAIN_FIELDS = FieldOptions(AdaptConfig, ["methods", *SHARED_FIELDS, "save_predictions", "save_ply"])
 SWEEP_FIELDS = FieldOptions(AdaptConfig, SHARED_FIELDS)
+T = TypeVar("T")
 
 
 def _config(fields: FieldOptions, kw: dict[str, Any], **named: Any) -> AdaptConfig:
@@ -51,6 +53,23 @@ def _errors() -> tuple[type[Exception], ...]:
     return (ValueError, CheckpointError, TttkdError, FileNotFoundError)
 
 
+def _on_cluster(
+    kw: dict[str, Any],
+    make_config: Callable[[], AdaptConfig],
+    work: Callable[[AdaptConfig, Any], T],
+) -> T:
+    """``work(cfg, executor)`` on the cluster of --workers / --scheduler (executor None: this
+    process), closed afterwards; the library's errors, the config's included, become a
+    one-line message (ClickException) instead of a traceback."""
+    try:
+        cfg = make_config()
+        executor = executor_from(kw, cfg.device, click.echo)
+        with executor or nullcontext():
+            return work(cfg, executor)
+    except _errors() as e:
+        raise click.ClickException(str(e)) from e
+
+
 @click.group(
     invoke_without_command=True,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
@@ -78,23 +97,21 @@ def cli(ctx: click.Context, no_plots: bool, **kw: Any) -> None:
     from tttkd.adapt.report import format_table, write_report
     from tttkd.adapt.runner import run_adaptation
 
-    try:
-        cfg = _config(MAIN_FIELDS, kw)
-        executor = executor_from(kw, cfg.device, click.echo)
-        with executor or nullcontext():
-            result = run_adaptation(
-                cfg,
-                kw["cache"],
-                kw["checkpoint"],
-                out=kw["out"],
-                echo=click.echo,
-                progress=kw["progress"],
-                executor=executor,
-                resume=True,
-                overwrite=kw["overwrite"],
-            ).to_dict()
-    except _errors() as e:
-        raise click.ClickException(str(e)) from e
+    result = _on_cluster(
+        kw,
+        lambda: _config(MAIN_FIELDS, kw),
+        lambda cfg, executor: run_adaptation(
+            cfg,
+            kw["cache"],
+            kw["checkpoint"],
+            out=kw["out"],
+            echo=click.echo,
+            progress=kw["progress"],
+            executor=executor,
+            resume=True,
+            overwrite=kw["overwrite"],
+        ).to_dict(),
+    )
     paths = write_report(result, kw["out"], plots=not no_plots)
     click.echo(format_table(result))
     click.echo("wrote " + ", ".join(str(p) for p in paths.values()))
@@ -170,29 +187,27 @@ def sweep_cmd(
                 f"{spec!r}: expected NAME=CACHE::CHECKPOINT", param_hint="--teacher"
             )
         pairs.append(TeacherPair(name, cache, ckpt))
-    try:
-        base = _config(SWEEP_FIELDS, kw, methods=[sweep_method])
-        executor = executor_from(kw, base.device, click.echo)
-        with executor or nullcontext():
-            rows = run_sweeps(
-                base,
-                kw["cache"],
-                kw["checkpoint"],
-                kw["out"],
-                sweeps,
-                values=values,
-                momentum_steps=[int(v) for v in _csv(momentum_steps)],
-                teachers=pairs,
-                echo=click.echo,
-                progress=kw["progress"],
-                method=sweep_method,
-                dev_scenes=_dev_scenes(dev_scenes),
-                executor=executor,
-                resume=True,
-                overwrite=kw["overwrite"],
-            )
-    except _errors() as e:
-        raise click.ClickException(str(e)) from e
+    rows = _on_cluster(
+        kw,
+        lambda: _config(SWEEP_FIELDS, kw, methods=[sweep_method]),
+        lambda base, executor: run_sweeps(
+            base,
+            kw["cache"],
+            kw["checkpoint"],
+            kw["out"],
+            sweeps,
+            values=values,
+            momentum_steps=[int(v) for v in _csv(momentum_steps)],
+            teachers=pairs,
+            echo=click.echo,
+            progress=kw["progress"],
+            method=sweep_method,
+            dev_scenes=_dev_scenes(dev_scenes),
+            executor=executor,
+            resume=True,
+            overwrite=kw["overwrite"],
+        ),
+    )
     out = Path(kw["out"])
     click.echo(f"{len(rows)} points; wrote {out / 'sweep.csv'} and {out / 'figure1.png'}")
 

@@ -166,14 +166,12 @@ def adapt_scene(
     ``rotations``, ``rotation_protocol``, ``max_images``, ``bn_mode``, ...). ``backend``:
     None keeps the checkpoint's, ``auto`` picks per device. The model is not changed.
     """
-    import copy
-
     import torch
 
     from tttkd.adapt.config import AdaptConfig
     from tttkd.adapt.evaluation import full_resolution
     from tttkd.adapt.methods import METHODS, make_method
-    from tttkd.adapt.runner import check_teacher, network_voxel_size, select_scenes
+    from tttkd.adapt.runner import select_scenes
     from tttkd.adapt.scenes import load_scene
     from tttkd.model.sparse.select import resolve_backend
 
@@ -188,19 +186,15 @@ def adapt_scene(
     )
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    cache, info = scene.cache, model.info
-    select_scenes(cache, cfg)
+    select_scenes(scene.cache, cfg)  # here: its incomplete-cache warning points at this line
     teacher = METHODS[method].uses_teacher
-    notes = check_teacher(info, cache) if teacher else []
-    voxel_size, voxel_notes = network_voxel_size(info, cache)
-    notes += voxel_notes
+    voxel_size, notes = _fit_notes(model.info, scene.cache, teacher)
     dev = torch.device(device)
-    on_dev = next(model.net.parameters()).device == dev
-    net = model.net if on_dev else copy.deepcopy(model.net).to(dev)
+    net = _net_on(model.net, dev)
     torch.manual_seed(cfg.seed)  # the runner seeds once per run, before its first scene
-    chosen = resolve_backend(cfg.backend or info.backend, dev)
+    chosen = resolve_backend(cfg.backend or model.info.backend, dev)
     data = load_scene(
-        cache,
+        scene.cache,
         scene.scene_id,
         device=dev,
         backend=chosen,
@@ -221,3 +215,21 @@ def adapt_scene(
         scene=data,
         notes=notes,
     )
+
+
+def _fit_notes(info: CheckpointInfo, cache: Cache, teacher: bool) -> tuple[float, list[str]]:
+    """``tttkd-adapt``'s checks that checkpoint and cache fit (teacher when ``teacher``, voxel
+    size): the voxel size to read scenes at, and notes on harmless differences."""
+    from tttkd.adapt.runner import check_teacher, network_voxel_size
+
+    notes = check_teacher(info, cache) if teacher else []
+    voxel_size, voxel_notes = network_voxel_size(info, cache)
+    return voxel_size, notes + voxel_notes
+
+
+def _net_on(net: SegKDNet, device: torch.device) -> SegKDNet:
+    """``net`` itself when it is on ``device``, else a copy moved there (the model stays)."""
+    import copy
+
+    on_dev = next(net.parameters()).device == device
+    return net if on_dev else copy.deepcopy(net).to(device)
