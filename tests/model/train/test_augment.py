@@ -154,3 +154,14 @@ def test_rotate_z_equals_the_rotation_matrix_product(angle):
     c, s = np.cos(angle), np.sin(angle)
     expected = ps.xyz @ np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]).T
     np.testing.assert_allclose(A.rotate_z(ps, angle).xyz, expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_bounds_are_numpys_axis_0_min_and_max_exactly(dtype):
+    rng = np.random.default_rng(0)
+    xyz = (rng.normal(size=(5000, 3)) * 7).astype(dtype)
+    xyz[17, 2] = np.nan  # a NaN column stays NaN, as with min(0)
+    for a in (xyz, xyz[:, :2], xyz[::3], xyz[:1]):
+        lo, hi = A.bounds(a)
+        for got, want in ((lo, a.min(0)), (hi, a.max(0))):
+            assert got.dtype == want.dtype and got.tobytes() == want.tobytes()
