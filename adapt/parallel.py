@@ -2,7 +2,8 @@
 
 The Dask path submits every task (``pipeline.executors.DaskExecutor``: a local cluster or a
 user-started one, one torch thread per worker) with the worker resource of the run's device
-(``GPU=1`` on CUDA, ``CPU=1`` on the CPU, when the workers offer it) and yields records as
+(``GPU=1`` on CUDA, ``CPU=1`` on the CPU, when the workers offer it), to start in the order
+given (the runner's: largest scenes first, ``tasks.longest_first``), and yields records as
 tasks finish; the driver stores and merges them in a fixed order, so the order tasks finish
 in never changes a result. Workers load the checkpoint once each (``tasks.load_network``).
 A worker that dies is replaced and its task rerun by Dask; a task that fails for good stops

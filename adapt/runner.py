@@ -26,7 +26,7 @@ import tttkd
 from tttkd.adapt.config import AdaptConfig, AdaptConfigError
 from tttkd.adapt.evaluation import Evaluator, LabelMapping, label_mapping
 from tttkd.adapt.methods import METHODS, SceneOutcome, make_method
-from tttkd.adapt.tasks import RunSpec, load_network, plan_tasks
+from tttkd.adapt.tasks import RunSpec, load_network, longest_first, plan_tasks, scene_points
 from tttkd.model.checkpoint import CheckpointError, CheckpointInfo
 from tttkd.model.sparse.select import backend_line, resolve_backend
 from tttkd.pipeline.cache import Cache
@@ -291,6 +291,8 @@ def _execute(
     methods, scenes = list(setup.spec.cfg.methods), setup.scene_ids
     done = store.done(methods, scenes) if store is not None else set()
     tasks = plan_tasks(methods, setup.online, scenes, done)
+    if executor is not None:  # results merge in a fixed order: only the run time changes
+        tasks = longest_first(tasks, lambda sid: scene_points(setup.cache, sid))
     records = {pair: store.read(*pair) for pair in done} if store is not None else {}
     if done:
         echo(f"resuming: {len(done)} (method, scene) outcome(s) found in {store.root}, "

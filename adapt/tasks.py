@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -32,7 +32,15 @@ from tttkd.model.checkpoint import CheckpointInfo, load_checkpoint
 from tttkd.model.network import SegKDNet
 from tttkd.pipeline.cache import Cache
 
-__all__ = ["RunSpec", "Task", "load_network", "plan_tasks", "run_task"]
+__all__ = [
+    "RunSpec",
+    "Task",
+    "load_network",
+    "longest_first",
+    "plan_tasks",
+    "run_task",
+    "scene_points",
+]
 
 OnScene = Callable[[str, str, SceneOutcome], None]
 
@@ -80,6 +88,19 @@ def plan_tasks(
         if todo:
             tasks.append(Task(todo, (sid,)))
     return tasks
+
+
+def longest_first(tasks: Sequence[Task], points: Callable[[str], int]) -> list[Task]:
+    """The order a cluster should start ``tasks`` in: most points first (a stream counts all
+    its scenes), ties in plan order. In plan order a large scene may start last and run
+    alone while the other workers idle; largest first leaves the short tasks for the end
+    (longest-processing-time-first). ``points(scene_id)``: its cached points."""
+    return sorted(tasks, key=lambda t: -sum(points(s) for s in t.scenes))
+
+
+def scene_points(cache: Cache, scene_id: str) -> int:
+    """A scene's cached points (its ``counts``; 0 where the cache does not record them)."""
+    return int((cache.scene_info(scene_id).get("counts") or {}).get("points", 0))
 
 
 def _file_stamp(path: str) -> tuple[int, int]:
