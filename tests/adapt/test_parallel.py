@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from tests.processes import free_port, sigkill_when, stop
 from tttkd.adapt.config import AdaptConfig
 from tttkd.adapt.report import without_timings
 from tttkd.adapt.runner import run_adaptation
@@ -86,18 +86,12 @@ def test_two_local_workers_equal_serial_and_a_killed_worker_loses_nothing(
     _rerun_redoes_nothing(fx, out, serial)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_external_dask_scheduler_and_workers_from_the_cli_equal_serial(
     adapt_fixture, serial, tmp_path
 ):
     fx = adapt_fixture
     dask = str(Path(sys.executable).parent / "dask")
-    port = _free_port()
+    port = free_port()
     addr = f"tcp://127.0.0.1:{port}"
     logs = open(tmp_path / "dask.log", "w")
     procs = [subprocess.Popen(
@@ -132,13 +126,7 @@ def test_external_dask_scheduler_and_workers_from_the_cli_equal_serial(
         want = {m: serial["methods"][m] for m in ("ttt-kd",)}
         assert without_timings(point)["methods"] == want
     finally:
-        for p in reversed(procs):
-            p.terminate()
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop(reversed(procs))
         logs.close()
 
 
@@ -161,18 +149,14 @@ def test_sigkill_of_the_main_process_then_rerun(adapt_fixture, serial, tmp_path)
     fx, out = adapt_fixture, tmp_path / "run"
     cmd = [sys.executable, "-m", "tttkd.cli.adapt", "--cache", fx.cache, "--checkpoint",
            str(fx.checkpoint), "--out", str(out), *ARGS]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    try:
-        while not outcomes(out):
-            assert proc.poll() is None, f"adapt ended before the kill: {proc.stderr.read()}"
-            assert time.monotonic() < deadline, "no outcome in time"
-            time.sleep(0.01)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
-        proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL
+    returncode = sigkill_when(
+        cmd,
+        lambda: bool(outcomes(out)),
+        name="adapt",
+        waiting_for="no outcome in time",
+        timeout=120,
+    )
+    assert returncode == -signal.SIGKILL
     kept = outcomes(out)
     assert 1 <= len(kept) < PAIRS, "the kill must land mid-run"
     res = CliRunner().invoke(cli, cmd[3:], catch_exceptions=False)  # the same command

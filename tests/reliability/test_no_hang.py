@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.tiny_prep import tiny_prep_config
 from tttkd.pipeline.scene_timeout import SceneTimeout, scene_deadline
 
 
@@ -99,21 +100,12 @@ def test_scene_timeout_on_a_dask_cluster_fails_the_stuck_scene_only(root, tmp_pa
     restarts its worker; the other scenes are written; a rerun retries the scene."""
     from tttkd.pipeline.cache import Cache
     from tttkd.pipeline.executors import DaskExecutor
-    from tttkd.pipeline.plan import PrepConfig
     from tttkd.pipeline.run import run_prep
 
     fifo = tmp_path / "never_written"
     os.mkfifo(fifo)
     out = tmp_path / "feats.zarr"
-    config = PrepConfig(
-        dataset="scannet",
-        root=str(root),
-        out=str(out),
-        teacher="test_vit_tiny",
-        image_size=28,
-        reader_options={"frames": "25k"},
-        scene_timeout=8.0,
-    )
+    config = tiny_prep_config(root, out, scene_timeout=8.0)
     stuck = "scene0000_00"
 
     def hang_on(scene: str, fifo: str) -> int:  # local, so Dask ships it by value

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.tiny_prep import tiny_prep_config, write_rooms
+
 # the tiny recipe every training test starts from (the paper's recipe otherwise)
 TINY_SETS = [
     "model.arch=minkunet_test",
@@ -24,32 +26,13 @@ TINY_SETS = [
 @pytest.fixture(scope="session")
 def train_cache(tmp_path_factory) -> str:
     from tttkd.pipeline.executors import SerialExecutor
-    from tttkd.pipeline.plan import PrepConfig
     from tttkd.pipeline.run import run_prep
-    from tttkd.synthetic.domain import Domain
-    from tttkd.synthetic.scannet_writer import write_scannet_dataset
 
     base = tmp_path_factory.mktemp("train_cache")
     root = base / "scannet"
-    write_scannet_dataset(
-        root,
-        4,
-        frames=("25k",),
-        splits=["train"] * 3 + ["val"],
-        image_size=(64, 48),
-        views=3,
-        domain=Domain(spacing=0.08),
-    )
+    write_rooms(root, ["train"] * 3 + ["val"], views=3, spacing=0.08)
     out = base / "feats.zarr"
-    config = PrepConfig(
-        dataset="scannet",
-        root=str(root),
-        out=str(out),
-        teacher="test_vit_tiny",
-        image_size=28,
-        reader_options={"frames": "25k"},
-        voxel_size=0.1,
-    )
+    config = tiny_prep_config(root, out, voxel_size=0.1)
     report = run_prep(config, SerialExecutor(), progress=False, echo=lambda s: None)
     assert report.exit_code == 0 and len(report.done) == 4, report.failed
     return str(out)
