@@ -169,3 +169,25 @@ def test_training_with_the_memo_gives_the_same_weights(train_cache, tiny_sets, t
 def test_negative_budget_is_refused():
     with pytest.raises(ConfigError, match="runtime.scene_cache_mb must be >= 0"):
         load_config(overrides=["runtime.scene_cache_mb=-1"])
+
+
+def test_pca_cache_items_with_the_memo_are_the_same(tmp_path):
+    """PCA decodes per image, so subsets cut from the decoded scene match decoded subsets."""
+    from tttkd.pipeline.cache import fit_pca
+    from tttkd.pipeline.cache.testing import synthetic_meta, synthetic_record
+
+    url = str(tmp_path / "pca.zarr")
+    cache = Cache.create(url, synthetic_meta(feature_codec="pca4+bitround6"))
+    recs = [synthetic_record(f"s{i}", n_images=6, n_points=400, seed=i) for i in range(3)]
+    cache.set_pca(fit_pca(recs[0].features, 4))
+    for rec in recs:
+        cache.write_scene(rec)
+    args = dict(voxel_size=0.3, train=True, seed=1, max_images=3)
+    plain = CacheSceneDataset(url, "train", **args)
+    held = CacheSceneDataset(url, "train", **args, memo=SceneMemo(1 << 30))
+    for epoch in range(3):
+        plain.set_epoch(epoch)
+        held.set_epoch(epoch)
+        for i in range(len(plain)):
+            assert_same_items(plain[i], held[i])
+    assert held.memo.reads == 3
