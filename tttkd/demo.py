@@ -119,7 +119,7 @@ def run_demo(out: Path, s: DemoSettings, *, progress: bool = True) -> dict:
     base = _adapt_base(s)
     # stages 4-6 run their (method, scene) tasks on one local cluster, one torch thread per
     # worker; scene seeds derive from the scene id, so the results do not depend on it
-    with DaskExecutor(s.workers) as executor:
+    with DaskExecutor(s.workers, cpu_teacher=False) as executor:  # no teacher runs here
         lrs = _choose_lrs(out, s, base, caches["dev"], checkpoints, executor)
         base = replace(base, lr=lrs.ttt_kd)
         runs = _adapt_target(out, s, base, lrs, caches, checkpoints, executor, progress)
