@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from tttkd.core import TttkdError
-from tttkd.pipeline.cache import SceneRecord
+from tttkd.pipeline.cache import SceneRecord, no_views
 from tttkd.pipeline.correspond import (
     CorrespondConfig,
     View,
@@ -179,14 +179,7 @@ def _no_images_part() -> dict:
     return dict(
         images=None,
         features=np.zeros((0, 0, 0, 0), dtype=np.float16),
-        K=np.zeros((0, 3, 3), np.float32),
-        c2w=np.zeros((0, 4, 4), np.float32),
-        image_size=np.zeros((0, 2), np.int32),
-        image_names=[],
-        corr_point=np.zeros(0, np.int32),
-        corr_image=np.zeros(0, np.int16),
-        corr_uv=np.zeros((0, 2), np.float32),
-        corr_offsets=np.zeros(1, np.int64),
+        **no_views(),
         frames_info={"available": 0, "selected": [], "dropped": [], "scene_seed": None},
         grid=[0, 0],
         reference_size=[0, 0],

@@ -11,7 +11,13 @@ makes synthetic records for tests and benchmarks.
 from tttkd.pipeline.cache.codecs import PcaBasis, fit_pca, parse_codec
 from tttkd.pipeline.cache.integrity import IncompleteScenesWarning, warn_incomplete
 from tttkd.pipeline.cache.layout import FORMAT, decode_scene_id, encode_scene_id
-from tttkd.pipeline.cache.records import SCHEMA_VERSION, CacheError, CacheMeta, SceneRecord
+from tttkd.pipeline.cache.records import (
+    SCHEMA_VERSION,
+    CacheError,
+    CacheMeta,
+    SceneRecord,
+    no_views,
+)
 from tttkd.pipeline.cache.store import Cache
 
 __all__ = [
@@ -26,6 +32,7 @@ __all__ = [
     "decode_scene_id",
     "encode_scene_id",
     "fit_pca",
+    "no_views",
     "parse_codec",
     "warn_incomplete",
 ]

@@ -20,7 +20,7 @@ from tttkd.pipeline.cache.layout import (
     read_corr_subset,
     scene_path,
 )
-from tttkd.pipeline.cache.records import CacheError, SceneRecord
+from tttkd.pipeline.cache.records import CacheError, SceneRecord, no_views
 
 
 def complete_group(store: Any, url: str, scene_id: str) -> CheckedGroup:
@@ -104,14 +104,7 @@ def read_points_group(g: Any, scene_id: str) -> SceneRecord:
         scene_id=scene_id,
         split=g.attrs.get("split"),
         features=None,
-        K=np.zeros((0, 3, 3), np.float32),
-        c2w=np.zeros((0, 4, 4), np.float32),
-        image_size=np.zeros((0, 2), np.int32),
-        image_names=[],
-        corr_point=np.zeros(0, np.int32),
-        corr_image=np.zeros(0, np.int16),
-        corr_uv=np.zeros((0, 2), np.float32),
-        corr_offsets=np.zeros(1, np.int64),
+        **no_views(),
         attrs=dict(g.attrs.get("info", {})),
         **{f: g[k][...] for k, f in POINT_ARRAYS},
     )

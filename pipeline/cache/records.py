@@ -202,6 +202,20 @@ class SceneRecord:
         return int(len(self.corr_point))
 
 
+def no_views() -> dict[str, Any]:
+    """The camera and correspondence fields of a scene stored without images (points only)."""
+    return dict(
+        K=np.zeros((0, 3, 3), np.float32),
+        c2w=np.zeros((0, 4, 4), np.float32),
+        image_size=np.zeros((0, 2), np.int32),
+        image_names=[],
+        corr_point=np.zeros(0, np.int32),
+        corr_image=np.zeros(0, np.int16),
+        corr_uv=np.zeros((0, 2), np.float32),
+        corr_offsets=np.zeros(1, np.int64),
+    )
+
+
 def summarize(
     meta: CacheMeta, scenes: list[tuple[str, dict | None]], sizes: list[int], total_bytes: int
 ) -> dict:
