@@ -51,6 +51,31 @@ def test_patch_mask_is_seeded_whole_patches_and_covers_the_ratio():
     assert int(m.sum()) == 160 * 8
 
 
+def _reference_mask(coords, voxel_size, patch_size, ratio, generator):
+    """patch_mask as first written: patches numbered by the row-wise unique of (batch, cell)."""
+    cell = torch.floor((coords[:, 1:].double() + 0.5) * voxel_size / patch_size).long()
+    _, patch = torch.unique(torch.cat([coords[:, :1].long(), cell], 1), dim=0, return_inverse=True)
+    num = int(patch.max()) + 1
+    k = min(max(int(round(ratio * num)), 1), max(num - 1, 1))
+    chosen = torch.zeros(num, dtype=torch.bool)
+    chosen[torch.randperm(num, generator=generator)[:k]] = True
+    return chosen[patch]
+
+
+def test_patch_mask_numbers_patches_as_the_rowwise_unique_did():
+    # two rooms around the origin (negative cells too): the same mask, seed for seed, so
+    # seeded trainings and TTT runs repeat their earlier results exactly
+    second = room_coords(300, seed=2)
+    second[:, 0] = 1
+    coords = torch.cat([room_coords(400, seed=1), second])
+    coords[:, 1:] -= 20
+    for seed in range(3):
+        for patch_size in (0.2, 0.5):
+            args = (coords, 0.1, patch_size, 0.4)
+            new = patch_mask(*args, torch.Generator().manual_seed(seed))
+            assert torch.equal(new, _reference_mask(*args, torch.Generator().manual_seed(seed)))
+
+
 def test_mae_head_round_trips_in_the_checkpoint_and_loads_strictly(tmp_path):
     torch.manual_seed(0)
     cfg = MAEConfig(mask_ratio=0.3, patch_size=0.25, hidden=8, norm="layer")
