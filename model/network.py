@@ -93,17 +93,24 @@ class SegKDNet(nn.Module):
         return self.backbone(SparseTensor.from_context(feats, ctx)).feats
 
     def forward(
-        self, batch: Batch, context: SparseContext | None = None, mae_mask: Tensor | None = None
-    ) -> tuple[Tensor, ...]:
-        """``(logits [N, classes], kd_pred [N, teacher_dim])`` for every voxel of ``batch``;
-        with ``mae_mask`` (bool ``[N]``) a third item, the colours reconstructed from a second
-        pass with the masked voxels' inputs replaced by the mask token (one ``forward``, so
-        DDP sees both passes)."""
+        self,
+        batch: Batch,
+        context: SparseContext | None = None,
+        mae_mask: Tensor | None = None,
+        *,
+        kd: bool = True,
+    ) -> tuple[Tensor | None, ...]:
+        """``(logits [N, classes], kd_pred [N, teacher_dim])`` for every voxel of ``batch``
+        (``kd_pred`` None with ``kd=False``: a model trained without L_2D skips ``rho_2D``,
+        whose activations it would only keep for nothing); with ``mae_mask`` (bool ``[N]``) a
+        third item, the colours reconstructed from a second pass with the masked voxels'
+        inputs replaced by the mask token (one ``forward``, so DDP sees both passes)."""
         ctx = context if context is not None else batch.coords
         f = self.features(batch.feats, ctx)
+        kd_pred = self.kd_head(f) if kd else None
         if mae_mask is None:
-            return self.seg_head(f), self.kd_head(f)
-        return self.seg_head(f), self.kd_head(f), self.reconstruct(batch.feats, ctx, mae_mask)
+            return self.seg_head(f), kd_pred
+        return self.seg_head(f), kd_pred, self.reconstruct(batch.feats, ctx, mae_mask)
 
     def reconstruct(self, feats: Tensor, coords: Tensor | SparseContext, mask: Tensor) -> Tensor:
         """``rho_MAE(psi_3D(masked input))``: reconstructed input features per voxel."""

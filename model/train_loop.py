@@ -248,7 +248,7 @@ def _losses(
             tb.batch.coords, cfg.data.voxel_size, cfg.loss.mae_patch_size, cfg.loss.mae_mask_ratio
         )
     with autocast if autocast is not None else contextlib.nullcontext():
-        outputs = model(tb.batch, ctx) if mae_mask is None else model(tb.batch, ctx, mae_mask)
+        outputs = model(tb.batch, ctx, mae_mask, kd=cfg.loss.kd)
     logits, kd_pred = outputs[0], outputs[1]
     # index_select, not ``x[idx]``: its backward (index_add_) is deterministic on CPU, while
     # advanced indexing's (index_put_ with accumulate) is not with > 1 thread; exact resume

@@ -106,6 +106,9 @@ def test_segkdnet_heads_and_param_groups():
     batch = collate([Sample(coords[:, 1:], torch.randn(coords.shape[0], 3))])
     logits, kd = net(batch)
     assert logits.shape == (coords.shape[0], 7) and kd.shape == (coords.shape[0], 24)
+    # without L_2D, rho_2D is not run; the logits are the same
+    logits_no_kd, none = net(batch, kd=False)
+    assert none is None and torch.equal(logits_no_kd, logits)
     groups = net.param_groups()
     n = sum(len(v) for v in groups.values())
     assert n == len(list(net.parameters()))
