@@ -7,7 +7,8 @@ for ``GPU=1``. A local cluster starts ``workers`` processes with ``CPU=1`` and o
 GPU with ``GPU=1`` and ``CUDA_VISIBLE_DEVICES`` set to that device alone, so each GPU holds
 exactly one teacher whatever the number of CPU workers. Without GPUs (``gpus=0``) one extra
 process takes the ``GPU=1`` slot and runs the teacher on the CPU. Every process has one
-thread and listens on 127.0.0.1; the dashboard is off unless asked for.
+thread and listens on 127.0.0.1; the dashboard is off unless asked for; Dask's
+housekeeping timers are slowed (:data:`QUIET_SETTINGS`).
 
 External clusters: start workers with ``--resources CPU=1`` / ``--resources GPU=1`` (README,
 "Prep on a cluster"). A cluster whose workers advertise neither runs every stage anywhere,
@@ -24,6 +25,31 @@ from typing import Any
 
 CPU = "CPU"  # resource of the CPU-stage workers
 GPU = "GPU"  # resource of the teacher workers (one per device)
+
+# Dask setting -> (Dask's default, ours) for a local cluster. Dask's defaults wake every
+# process many times a second (the worker profiler every 10 ms, the event-loop tick every
+# 20 ms, ...): an idle 2-worker cluster took 6.1 CPU-s in 30 s, a fifth of a core that the
+# demo's trainings share their 2 cores with; with these 1.1 (python -m
+# benchmarks.bench_idle_cluster). Nothing we use needs them (the profile is a dashboard view)
+# and the memory limit is still checked twice a second. A value the user set is kept.
+QUIET_SETTINGS: dict[str, tuple[Any, Any]] = {
+    "distributed.worker.profile.enabled": (True, False),
+    "distributed.admin.tick.interval": ("20ms", "200ms"),
+    "distributed.admin.system-monitor.interval": ("500ms", "2s"),
+    "distributed.worker.memory.monitor-interval": ("100ms", "500ms"),
+}
+
+
+def quiet_settings() -> dict[str, Any]:
+    """The :data:`QUIET_SETTINGS` whose current value is still Dask's default."""
+    import dask
+    import distributed  # noqa: F401 (adds its defaults to dask.config)
+
+    return {
+        key: ours
+        for key, (default, ours) in QUIET_SETTINGS.items()
+        if dask.config.get(key, None) == default
+    }
 
 
 @dataclass(frozen=True)
@@ -80,6 +106,7 @@ def local_cluster(
     cpu_teacher: bool = True,
 ) -> Any:
     """A ``SpecCluster`` on 127.0.0.1 with the workers of :func:`worker_specs`."""
+    import dask
     from distributed import Scheduler, SpecCluster
 
     scheduler = {
@@ -91,12 +118,15 @@ def local_cluster(
             dashboard_address="127.0.0.1:0",  # also the /health server: never 0.0.0.0
         ),
     }
-    return SpecCluster(
-        workers=worker_specs(workers, gpus, memory_limit, cpu_teacher),
-        scheduler=scheduler,
-        silence_logs=logging.ERROR,
-        name="tttkd",
-    )
+    # the scheduler reads its settings when it starts, each worker from the config its nanny
+    # hands it (a copy of this process's, taken when the nanny is made)
+    with dask.config.set(quiet_settings()):
+        return SpecCluster(
+            workers=worker_specs(workers, gpus, memory_limit, cpu_teacher),
+            scheduler=scheduler,
+            silence_logs=logging.ERROR,
+            name="tttkd",
+        )
 
 
 def stage_resources(client: Any, echo: Callable[[str], None] | None = print) -> StageResources:

@@ -97,3 +97,22 @@ def test_a_teacher_task_recomputed_after_its_scene_completed_is_not_a_failure():
     pieces = encode_slices(prep.job, [(images_of(prep), 0, 4)])
     assert len(pieces) == 1 and len(pieces[0].features) == 0
     assert write_prepared(prep, pieces) == done
+
+
+def test_local_clusters_run_with_quiet_housekeeping_unless_the_user_set_it(monkeypatch):
+    """An idle local cluster must not eat the cores its work needs (Dask's 10 ms profiler and
+    20 ms tick: a fifth of a core for 2 idle workers); a value the user chose is kept."""
+    import dask
+
+    from tttkd.pipeline.cluster import QUIET_SETTINGS, Cluster, quiet_settings
+
+    assert quiet_settings() == {k: ours for k, (_, ours) in QUIET_SETTINGS.items()}
+    with dask.config.set({"distributed.admin.tick.interval": "50ms"}):
+        assert "distributed.admin.tick.interval" not in quiet_settings()
+    keys = list(QUIET_SETTINGS)
+    with Cluster(1, cpu_teacher=False, echo=lambda _: None) as c:
+        seen = c.client.run(lambda: [dask.config.get(k) for k in keys])
+        tick = c.client.run_on_scheduler(lambda dask_scheduler: dask_scheduler._tick_interval)
+    assert list(seen.values()) == [[QUIET_SETTINGS[k][1] for k in keys]]
+    assert tick == 0.2  # seconds: the scheduler (in this process) read it when it started
+    assert dask.config.get("distributed.admin.tick.interval") == "20ms"  # ours only there
