@@ -26,7 +26,7 @@ def idle_cpu_seconds(workers: int, seconds: float, quiet: bool) -> tuple[float, 
     from tttkd.pipeline import cluster
 
     # Dask's defaults: nothing overridden (the same cluster code otherwise)
-    overrides = cluster.quiet_settings if quiet else dict
+    overrides = cluster.quiet_settings if quiet else (lambda dashboard=False: {})
     with mock.patch.object(cluster, "quiet_settings", overrides):
         with cluster.Cluster(workers, cpu_teacher=False, echo=lambda _: None):
             time.sleep(3)  # start-up work (imports, registration) is not idling

@@ -31,7 +31,8 @@ GPU = "GPU"  # resource of the teacher workers (one per device)
 # 20 ms, ...): an idle 2-worker cluster took 6.1 CPU-s in 30 s, a fifth of a core that the
 # demo's trainings share their 2 cores with; with these 1.1 (python -m
 # benchmarks.bench_idle_cluster). Nothing we use needs them (the profile is a dashboard view)
-# and the memory limit is still checked twice a second. A value the user set is kept.
+# and the memory limit is still checked twice a second. A value the user set (other than
+# Dask's default) is kept, and ``--dashboard`` keeps the profiler.
 QUIET_SETTINGS: dict[str, tuple[Any, Any]] = {
     "distributed.worker.profile.enabled": (True, False),
     "distributed.admin.tick.interval": ("20ms", "200ms"),
@@ -40,8 +41,9 @@ QUIET_SETTINGS: dict[str, tuple[Any, Any]] = {
 }
 
 
-def quiet_settings() -> dict[str, Any]:
-    """The :data:`QUIET_SETTINGS` whose current value is still Dask's default."""
+def quiet_settings(dashboard: bool = False) -> dict[str, Any]:
+    """The :data:`QUIET_SETTINGS` whose current value is still Dask's default (with
+    ``dashboard``, the profiler stays on: its samples are the dashboard's profile page)."""
     import dask
     import distributed  # noqa: F401 (adds its defaults to dask.config)
 
@@ -49,6 +51,7 @@ def quiet_settings() -> dict[str, Any]:
         key: ours
         for key, (default, ours) in QUIET_SETTINGS.items()
         if dask.config.get(key, None) == default
+        and not (dashboard and key == "distributed.worker.profile.enabled")
     }
 
 
@@ -120,7 +123,7 @@ def local_cluster(
     }
     # the scheduler reads its settings when it starts, each worker from the config its nanny
     # hands it (a copy of this process's, taken when the nanny is made)
-    with dask.config.set(quiet_settings()):
+    with dask.config.set(quiet_settings(dashboard)):
         return SpecCluster(
             workers=worker_specs(workers, gpus, memory_limit, cpu_teacher),
             scheduler=scheduler,

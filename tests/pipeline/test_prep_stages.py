@@ -109,6 +109,7 @@ def test_local_clusters_run_with_quiet_housekeeping_unless_the_user_set_it(monke
     assert quiet_settings() == {k: ours for k, (_, ours) in QUIET_SETTINGS.items()}
     with dask.config.set({"distributed.admin.tick.interval": "50ms"}):
         assert "distributed.admin.tick.interval" not in quiet_settings()
+    assert "distributed.worker.profile.enabled" not in quiet_settings(dashboard=True)
     keys = list(QUIET_SETTINGS)
     with Cluster(1, cpu_teacher=False, echo=lambda _: None) as c:
         seen = c.client.run(lambda: [dask.config.get(k) for k in keys])
