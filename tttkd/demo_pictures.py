@@ -1,5 +1,6 @@
-"""The demo's pictures (stage 6): a top-down render of one target room (ground truth,
-Source-Only, TTT-KD), and TTT-KD's mIoU against its number of steps."""
+"""The demo's pictures: a top-down render of one target room (ground truth, Source-Only,
+TTT-KD), the per-class IoU, and TTT-KD's mIoU against its number of steps (its sweep runs as
+soon as the joint model is adapted, while other models may still train)."""
 
 from __future__ import annotations
 
@@ -14,30 +15,38 @@ if TYPE_CHECKING:
     from tttkd.demo import DemoSettings
     from tttkd.demo_report import TargetRuns
 
-__all__ = ["make_pictures"]
+__all__ = ["make_pictures", "steps_sweep"]
 
 
 def make_pictures(
+    out: Path, runs: TargetRuns, caches: dict[str, str], sweep_rows: list
+) -> dict[str, Path | None]:
+    """The pictures by name (the steps sweep's figure was drawn by :func:`steps_sweep`)."""
+    return {
+        "topdown": _topdown(out, caches["target"], runs.joint),
+        "class_iou": out / "adapt" / "joint" / "class_iou.png",
+        "miou_vs_steps": next(iter(sorted((out / "sweep").glob("*.png"))), None),
+    }
+
+
+def steps_sweep(
     out: Path,
     s: DemoSettings,
     base: AdaptConfig,
-    runs: TargetRuns,
-    caches: dict[str, str],
-    checkpoints: dict[str, Path],
+    joint: dict,
+    target_cache: str,
+    checkpoint: Path,
     executor: Any = None,
-) -> tuple[dict[str, Path | None], list]:
-    """The pictures by name, and the steps sweep's points (``SweepPoint``)."""
+) -> list:
+    """TTT-KD's mIoU on the target rooms at each of ``s.sweep_steps`` (``SweepPoint`` rows,
+    CSV and figure under ``out/sweep``); ``joint`` is the stage-5 result of ``base``."""
     from tttkd.adapt.sweep import run_sweeps
 
-    pictures: dict[str, Path | None] = {
-        "topdown": _topdown(out, caches["target"], runs.joint, checkpoints["joint"]),
-        "class_iou": out / "adapt" / "joint" / "class_iou.png",
-    }
     # the point at s.steps is the TTT-KD run of stage 5 (same config, seeds and scenes): reused
-    sweep_rows = run_sweeps(
+    rows = run_sweeps(
         replace(base, methods=("ttt-kd",), save_predictions=False),
-        caches["target"],
-        str(checkpoints["joint"]),
+        target_cache,
+        str(checkpoint),
         out / "sweep",
         ["steps"],
         values={"steps": [v for v in s.sweep_steps if v != s.steps]},
@@ -45,9 +54,8 @@ def make_pictures(
         executor=executor,
     )
     if s.steps in s.sweep_steps:
-        sweep_rows = _with_point(sweep_rows, runs.joint, s.steps, out / "sweep")
-    pictures["miou_vs_steps"] = next(iter(sorted((out / "sweep").glob("*.png"))), None)
-    return pictures, sweep_rows
+        rows = _with_point(rows, joint, s.steps, out / "sweep")
+    return rows
 
 
 def _with_point(rows: list, joint: dict, steps: int, out: Path) -> list:
@@ -67,7 +75,7 @@ def _with_point(rows: list, joint: dict, steps: int, out: Path) -> list:
     return rows
 
 
-def _topdown(out: Path, cache_url: str, joint: dict, checkpoint: Path) -> Path:
+def _topdown(out: Path, cache_url: str, joint: dict) -> Path:
     from tttkd.adapt.export import prediction_path
     from tttkd.adapt.topdown import plot_topdown
     from tttkd.core import get_label_set
