@@ -345,7 +345,9 @@ class AfterTraining:
         write_report(res, target, plots=plots)
         return res
 
-    def _lr(self, method: str, candidates: tuple[float, ...], checkpoint: Path, folder: str):
+    def _lr(
+        self, method: str, candidates: tuple[float, ...], checkpoint: Path, folder: str
+    ) -> tuple[float, dict[float, float]]:
         s = self.s
         click.secho(f"== 4/6 {method}: its lr on the {s.dev_scenes} development rooms", bold=True)
         return _choose_lr(
@@ -353,11 +355,9 @@ class AfterTraining:
             self.out / folder, self.executor,
         )  # fmt: skip
 
-    def _target_stage(self, what: str, lr: float) -> None:
-        click.secho(
-            f"== 5/6 tttkd-adapt, target rooms: {what} ({self.s.steps} TTT steps, lr {lr:g})",
-            bold=True,
-        )
+    def _target_stage(self, what: str, lr: float | None = None) -> None:
+        ttt = "" if lr is None else f" ({self.s.steps} TTT steps, lr {lr:g})"
+        click.secho(f"== 5/6 tttkd-adapt, target rooms: {what}{ttt}", bold=True)
 
     def _joint(self, checkpoint: Path) -> None:
         from tttkd.demo_pictures import steps_sweep
@@ -375,7 +375,7 @@ class AfterTraining:
                                  checkpoint, self.executor)  # fmt: skip
 
     def _source_only(self, checkpoint: Path) -> None:
-        self._target_stage("Source-Only, with and without the shift", self.base.lr)
+        self._target_stage("Source-Only, with and without the shift (no adaptation)")
         src = replace(self.base, methods=("source",))
         self.done["source_only"] = self._adapt(src, "target", checkpoint, "source_only")
         clean = replace(src, save_predictions=False)
