@@ -125,7 +125,7 @@ def run_demo(out: Path, s: DemoSettings, *, progress: bool = True) -> dict:
         _train_models(out, s, caches["source"], progress, after.model_trained)
         lrs, runs, sweep_rows = after.results()
     t0 = _stage("6/6 pictures: top-down render, per-class IoU, mIoU vs TTT steps")
-    pictures = make_pictures(out, runs, caches, sweep_rows)
+    pictures = make_pictures(out, runs, caches)
     _done(t0)
     summary = summary_of(s, lrs, runs, sweep_rows, pictures, time.perf_counter() - t_all)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

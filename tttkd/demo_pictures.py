@@ -18,9 +18,7 @@ if TYPE_CHECKING:
 __all__ = ["make_pictures", "steps_sweep"]
 
 
-def make_pictures(
-    out: Path, runs: TargetRuns, caches: dict[str, str], sweep_rows: list
-) -> dict[str, Path | None]:
+def make_pictures(out: Path, runs: TargetRuns, caches: dict[str, str]) -> dict[str, Path | None]:
     """The pictures by name (the steps sweep's figure was drawn by :func:`steps_sweep`)."""
     return {
         "topdown": _topdown(out, caches["target"], runs.joint),
